@@ -1,0 +1,1 @@
+"""The optimizer shell (``base``) and the per-block rules of each optimizer."""

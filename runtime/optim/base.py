@@ -1,0 +1,249 @@
+"""The optimizer shell shared by Shampoo, SOAP and KL-Shampoo.
+
+The shell orchestrates; the subclasses hold the math. It cuts every parameter
+into blocks (``runtime.blocking``), keeps every state tensor in the state store
+(``runtime.state``), routes 1-D parameters to the AdamW fallback, hands
+amortized work to the refresh scheduler (``runtime.refresh``) and records
+spans. Subclasses implement four hooks per matrix block: ``_init_block``,
+``_block_step``, plus the pure ``compute_refresh`` and ``_install`` pair that
+the scheduler calls.
+
+Step-counter convention (stated once): t counts parameter updates and starts at
+1. Optimizers with ``skips_first_call`` use a parameter's first gradient only to
+initialise its state; that call leaves the parameter unchanged and t at 0.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
+
+import torch
+
+from runtime.blocking import Block, block_view, matrix_view, partition
+from runtime.execution import ExecutionConfig
+from runtime.matrix_functions import check_fp32_matmul_precision
+from runtime.optim.adamw import AdamWState, adamw_step, init_adamw_state
+from runtime.refresh import RefreshScheduler
+from runtime.state import StateStore
+from traces.schema import Category
+
+_warned_tf32 = False
+
+
+def state_dtype(param: torch.Tensor) -> torch.dtype:
+    """Optimizer state keeps fp32 master copies for low-precision params (§7.7)."""
+    if param.dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    return param.dtype
+
+
+def check_probability(name: str, value: float, *, allow_one: bool = False) -> None:
+    upper_ok = value <= 1.0 if allow_one else value < 1.0
+    if not (value >= 0.0 and upper_ok):
+        bound = "[0, 1]" if allow_one else "[0, 1)"
+        raise ValueError(f"{name} must be in {bound}, got {value}")
+
+
+def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    if not (value > 0 or (allow_zero and value == 0)):
+        raise ValueError(
+            f"{name} must be {'non-negative' if allow_zero else 'positive'}, got {value}"
+        )
+
+
+class BlockedOptimizer(torch.optim.Optimizer):
+    """A ``torch.optim.Optimizer`` whose matrix parameters are updated per block."""
+
+    reference_tau: ClassVar[int]
+    """Staleness of the synchronous reference (§6): 0 for Shampoo, 1 for SOAP / KL."""
+    skips_first_call: ClassVar[bool]
+    block_state_type: ClassVar[type]
+    refresh_result_type: ClassVar[type]
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        defaults: dict[str, Any],
+        *,
+        execution: ExecutionConfig | None = None,
+    ) -> None:
+        check_positive("lr", defaults["lr"], allow_zero=True)
+        check_positive("weight_decay", defaults["weight_decay"], allow_zero=True)
+        block_size = defaults.get("block_size")
+        if block_size is not None and (not isinstance(block_size, int) or block_size < 1):
+            raise ValueError(f"block_size must be a positive integer or None, got {block_size!r}")
+        super().__init__(params, defaults)
+        self.execution = execution if execution is not None else ExecutionConfig()
+        self._recorder = self.execution.recorder
+        self._trace_blocks = self.execution.trace_blocks and self._recorder.enabled
+        self.store = StateStore()
+        self.scheduler = RefreshScheduler(self.execution.staleness, self._recorder)
+        self._calls = 0
+        self.blocks: list[Block] = []
+        self._param_blocks: dict[int, list[Block]] = {}
+        self._param_index: dict[int, int] = {}
+        index = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                blocks = partition(index, p.shape, group.get("block_size"))
+                self._param_index[id(p)] = index
+                self._param_blocks[index] = blocks
+                self.blocks.extend(blocks)
+                index += 1
+        self._block_device = {b.id: None for b in self.blocks}
+        global _warned_tf32
+        message = check_fp32_matmul_precision()
+        if message and not _warned_tf32:
+            warnings.warn(message, stacklevel=2)
+            _warned_tf32 = True
+
+    # ----------------------------------------------------------------- hooks
+    def _init_block(self, block: Block, g: torch.Tensor, group: dict[str, Any]) -> Any:
+        """The state of a matrix block, from its first gradient."""
+        raise NotImplementedError
+
+    def _block_step(
+        self,
+        block: Block,
+        state: Any,
+        w: torch.Tensor,
+        g: torch.Tensor,
+        group: dict[str, Any],
+        t: int,
+    ) -> None:
+        raise NotImplementedError
+
+    def _install(self, block: Block, state: Any, result: Any) -> None:
+        raise NotImplementedError
+
+    def _fallback_hyperparameters(self, group: dict[str, Any]) -> dict[str, float]:
+        """β1, β2, ε, weight decay of the AdamW fallback for this group."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------- public API
+    def block_state(self, block_id: str) -> Any:
+        """The typed state of one block (its tensors on the compute device)."""
+        return self.store.get(block_id)
+
+    @property
+    def optimizer_step(self) -> int:
+        """How many times ``step()`` has been called; the trace's step number."""
+        return self._calls
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._calls += 1
+        with self._recorder.span("optimizer_step", Category.OPTIMIZER, step=self._calls):
+            for group in self.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        self._step_param(p, group)
+        return loss
+
+    # ---------------------------------------------------------- internals
+    def _step_param(self, p: torch.Tensor, group: dict[str, Any]) -> None:
+        if p.grad.is_sparse:
+            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+        if not p.is_contiguous():
+            raise RuntimeError(f"{type(self).__name__} needs contiguous parameters")
+        index = self._param_index[id(p)]
+        blocks = self._param_blocks[index]
+        pstate = self.state[p]
+        dtype = state_dtype(p)
+        w2 = matrix_view(p, blocks[0])
+        g2 = matrix_view(p.grad, blocks[0]).to(dtype)
+        first_call = "step" not in pstate
+        if first_call:
+            pstate["step"] = 0
+            for block in blocks:
+                gb = block_view(g2, block)
+                state = (
+                    self._init_block(block, gb, group) if block.is_matrix else init_adamw_state(gb)
+                )
+                self.store.put(block.id, state)
+                self._block_device[block.id] = p.device
+            if self.skips_first_call:
+                return
+        pstate["step"] += 1
+        t = pstate["step"]
+        for block in blocks:
+            state = self.store.get(block.id)
+            wb = block_view(w2, block)
+            gb = block_view(g2, block)
+            if block.is_matrix:
+                self._block_step(block, state, wb, gb, group, t)
+            else:
+                hp = self._fallback_hyperparameters(group)
+                adamw_step(wb, gb, state, step=t, lr=group["lr"], **hp)
+
+    def _submit_refresh(
+        self, block: Block, version: int, compute: Callable[[Any], Any], inputs: Any
+    ) -> None:
+        self.scheduler.submit(
+            block.id, version, self.reference_tau, compute, inputs, step=self._calls
+        )
+
+    def _install_due(self, block: Block, state: Any, t: int) -> None:
+        """Install every refresh of ``block`` whose install step is ``t``."""
+        for item in self.scheduler.take_due(block.id, t):
+            with self._recorder.span(
+                "install",
+                Category.REFRESH,
+                step=self._calls,
+                block=block.id,
+                detail=f"v{item.version}",
+            ):
+                self._install(block, state, item.result)
+
+    def _span(self, name: str, block: Block) -> Any:
+        if self._trace_blocks:
+            return self._recorder.span(name, Category.OPTIMIZER, step=self._calls, block=block.id)
+        return _NO_SPAN
+
+    # ------------------------------------------------------- checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state dict plus every block's tensors and pending refreshes.
+
+        Contains only tensors, numbers, strings, lists and dicts, so it saves
+        with ``torch.save`` and loads with ``torch.load(weights_only=True)``.
+        """
+        out = super().state_dict()
+        out["blocks"] = self.store.state_dict()
+        out["pending_refreshes"] = self.scheduler.state_dict()
+        out["optimizer_calls"] = self._calls
+        return out
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        blocks = state_dict.pop("blocks", {})
+        pending = state_dict.pop("pending_refreshes", [])
+        calls = state_dict.pop("optimizer_calls", 0)
+        super().load_state_dict(state_dict)
+        params = [p for g in self.param_groups for p in g["params"]]
+        devices = {b.id: params[b.param_index].device for b in self.blocks}
+        types = {b.id: (self.block_state_type if b.is_matrix else AdamWState) for b in self.blocks}
+        self.store.load_state_dict(blocks, types, devices)
+        self.scheduler.load_state_dict(pending, self.refresh_result_type, devices)
+        self._calls = int(calls)
+        for p in params:
+            if "step" in self.state[p]:
+                self.state[p]["step"] = int(self.state[p]["step"])
+
+
+class _NoSpan:
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+_NO_SPAN = _NoSpan()

@@ -1,0 +1,192 @@
+"""KL-Shampoo: Kronecker factors fitted by KL divergence, no grafting (ALGORITHMS.md §5).
+
+Hot path per block and step: first moment, rotate it into the bases, divide by
+√(d_L d_Rᵀ), rotate back, update; then the whitened factor statistics and the
+running eigenvalue estimates d, all from the pre-update state. Amortized
+(every f steps): Q ← orth(S·Q) per side; d carries over unchanged. Staleness 1
+in the synchronous reference.
+
+S⁻¹ is never formed: wherever the math needs it the code uses Q·diag(1/d)·Qᵀ.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from runtime.blocking import Block
+from runtime.execution import ExecutionConfig
+from runtime.matrix_functions import eigenbasis, is_finite, qr_refresh
+from runtime.optim.base import BlockedOptimizer, check_positive, check_probability
+from runtime.optim.soap import BasisRefreshInputs, BasisRefreshResult, rotate_in, rotate_out
+from runtime.state import SlotKind, slot
+
+
+@dataclass
+class KLShampooState:
+    """L and R hold S_L and S_R; dL, dR the eigenvalue estimates in the current bases."""
+
+    L: torch.Tensor | None = slot(SlotKind.FACTOR)
+    R: torch.Tensor | None = slot(SlotKind.FACTOR)
+    QL: torch.Tensor | None = slot(SlotKind.BASIS)
+    QR: torch.Tensor | None = slot(SlotKind.BASIS)
+    dL: torch.Tensor | None = slot(SlotKind.MOMENT)
+    dR: torch.Tensor | None = slot(SlotKind.MOMENT)
+    M: torch.Tensor | None = slot(SlotKind.MOMENT)
+
+
+def compute_kl_refresh(inputs: BasisRefreshInputs) -> BasisRefreshResult:
+    """Q ← orth(S·Q) for each rotated side, no sorting (the reference does not sort)."""
+    result = BasisRefreshResult()
+    for side in ("L", "R"):
+        factor, q = getattr(inputs, side), getattr(inputs, f"Q{side}")
+        if q is None or factor is None or not is_finite(factor):
+            continue
+        q_new = qr_refresh(factor, q)
+        if is_finite(q_new):
+            setattr(result, f"Q{side}", q_new)
+    return result
+
+
+def clamp_floor(dim: int, cap: int) -> float:
+    """d ≥ 1/κ² with κ = max(10, min(dim, cap)), i.e. 1/√d ≤ κ (§5.4 step 4)."""
+    kappa = max(10, min(dim, cap))
+    return 1.0 / (kappa * kappa)
+
+
+class KLShampoo(BlockedOptimizer):
+    """KL-Shampoo with the reference KLOpt defaults (§5.6), fp32 statistics.
+
+    ``max_precond_dim=None`` rotates every side, as the reference does; a finite
+    value leaves longer sides unrotated (Q = I, no factor kept).
+    """
+
+    reference_tau = 1
+    skips_first_call = True
+    block_state_type = KLShampooState
+    refresh_result_type = BasisRefreshResult
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.98),
+        shampoo_beta: float | None = None,
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+        precondition_frequency: int = 10,
+        eigenvalue_init: float = 0.1,
+        clamp: bool = True,
+        clamp_cap: int = 4000,
+        max_precond_dim: int | None = None,
+        block_size: int | None = None,
+        *,
+        execution: ExecutionConfig | None = None,
+    ) -> None:
+        check_probability("betas[0]", betas[0])
+        check_probability("betas[1]", betas[1])
+        shampoo_beta = betas[1] if shampoo_beta is None else shampoo_beta
+        check_probability("shampoo_beta", shampoo_beta)
+        check_positive("eps", eps, allow_zero=True)
+        check_positive("eigenvalue_init", eigenvalue_init)
+        check_positive("clamp_cap", clamp_cap)
+        if not isinstance(precondition_frequency, int) or precondition_frequency < 1:
+            raise ValueError(
+                f"precondition_frequency must be a positive integer, got {precondition_frequency!r}"
+            )
+        if max_precond_dim is not None and max_precond_dim < 0:
+            raise ValueError(f"max_precond_dim must be non-negative or None, got {max_precond_dim}")
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            shampoo_beta=shampoo_beta,
+            eps=eps,
+            weight_decay=weight_decay,
+            precondition_frequency=precondition_frequency,
+            eigenvalue_init=eigenvalue_init,
+            clamp=clamp,
+            clamp_cap=clamp_cap,
+            max_precond_dim=max_precond_dim,
+            block_size=block_size,
+        )
+        super().__init__(params, defaults, execution=execution)
+
+    def _fallback_hyperparameters(self, group: dict[str, Any]) -> dict[str, float]:
+        beta1, beta2 = group["betas"]
+        return dict(beta1=beta1, beta2=beta2, eps=1e-8, weight_decay=group["weight_decay"])
+
+    @staticmethod
+    def _rotated(dim: int, group: dict[str, Any]) -> bool:
+        dmax = group["max_precond_dim"]
+        return dmax is None or dim <= dmax
+
+    def _init_block(self, block: Block, g: torch.Tensor, group: dict[str, Any]) -> KLShampooState:
+        a, b = g.shape
+        w = 1.0 - group["shampoo_beta"]
+        c0 = group["eigenvalue_init"]
+        state = KLShampooState(
+            M=torch.zeros_like(g),
+            dL=torch.full((a,), c0, dtype=g.dtype, device=g.device),
+            dR=torch.full((b,), c0, dtype=g.dtype, device=g.device),
+        )
+        if self._rotated(a, group):
+            state.L = (g @ g.T).mul_(w / b)
+            state.QL = eigenbasis(state.L)
+        if self._rotated(b, group):
+            state.R = (g.T @ g).mul_(w / a)
+            state.QR = eigenbasis(state.R)
+        return state
+
+    def _block_step(
+        self,
+        block: Block,
+        state: KLShampooState,
+        w: torch.Tensor,
+        g: torch.Tensor,
+        group: dict[str, Any],
+        t: int,
+    ) -> None:
+        assert state.M is not None and state.dL is not None and state.dR is not None
+        self._install_due(block, state, t)
+        beta1 = group["betas"][0]
+        beta = group["shampoo_beta"]
+        a, b = g.shape
+        with self._span("precondition", block):
+            state.M.mul_(beta1).add_(g, alpha=1.0 - beta1)
+            m_rot = rotate_in(state.M, state.QL, state.QR)
+            scale = torch.outer(state.dL, state.dR).sqrt_().add_(group["eps"])
+            direction = rotate_out(m_rot / scale, state.QL, state.QR)
+            w.add_(direction.to(w.dtype), alpha=-group["lr"])
+            if group["weight_decay"] > 0.0:
+                w.add_(w, alpha=-group["lr"] * group["weight_decay"])
+        with self._span("factor_update", block):
+            g_hat_sq = rotate_in(g, state.QL, state.QR).square_()
+            inv_dL, inv_dR = state.dL.reciprocal(), state.dR.reciprocal()
+            if state.L is not None:
+                h = rotate_out(g, None, state.QR) * inv_dR.sqrt()  # G·Q_R·diag(d_R^-1/2)
+                state.L.mul_(beta).addmm_(h, h.T, alpha=(1.0 - beta) / b)
+            if state.R is not None:
+                k = rotate_out(g.T, None, state.QL) * inv_dL.sqrt()  # Gᵀ·Q_L·diag(d_L^-1/2)
+                state.R.mul_(beta).addmm_(k, k.T, alpha=(1.0 - beta) / a)
+            r = (g_hat_sq @ inv_dR) / b
+            c = (inv_dL @ g_hat_sq) / a
+            state.dL.mul_(beta).add_(r, alpha=1.0 - beta)
+            state.dR.mul_(beta).add_(c, alpha=1.0 - beta)
+            if group["clamp"]:
+                state.dL.clamp_(min=clamp_floor(a, group["clamp_cap"]))
+                state.dR.clamp_(min=clamp_floor(b, group["clamp_cap"]))
+        if t % group["precondition_frequency"] == 0 and (
+            state.QL is not None or state.QR is not None
+        ):
+            inputs = BasisRefreshInputs(state.L, state.R, state.QL, state.QR)
+            self._submit_refresh(block, t, compute_kl_refresh, inputs)
+
+    def _install(self, block: Block, state: KLShampooState, result: BasisRefreshResult) -> None:
+        """Replace Q only; d carries over unchanged, as in the reference (§6)."""
+        if result.QL is not None:
+            state.QL = result.QL
+        if result.QR is not None:
+            state.QR = result.QR

@@ -1,0 +1,229 @@
+"""Shampoo with Distributed Shampoo's semantics (ALGORITHMS.md §3).
+
+Hot path per block and step: factor statistics, grafting second moment, first
+moment, preconditioning with the cached inverse roots L̃·M̂·R̃ and, optionally,
+Adam grafting of the step's norm. Amortized: the inverse roots, computed at
+t0 and every f steps after, before that step's preconditioning (staleness 0
+in the synchronous reference).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from runtime.blocking import Block
+from runtime.execution import ExecutionConfig
+from runtime.matrix_functions import EighFailure, inverse_root, is_finite
+from runtime.optim.base import BlockedOptimizer, check_positive, check_probability
+from runtime.state import SlotKind, slot
+
+MAX_CONSECUTIVE_ROOT_FAILURES = 3
+"""Distributed Shampoo's tolerance before a failing root becomes an error (§2.2.4)."""
+
+
+@dataclass
+class ShampooState:
+    L: torch.Tensor | None = slot(SlotKind.FACTOR)
+    R: torch.Tensor | None = slot(SlotKind.FACTOR)
+    L_root: torch.Tensor | None = slot(SlotKind.ROOT)
+    R_root: torch.Tensor | None = slot(SlotKind.ROOT)
+    M: torch.Tensor | None = slot(SlotKind.MOMENT)
+    V: torch.Tensor | None = slot(SlotKind.MOMENT)
+    root_failures: torch.Tensor | None = slot(SlotKind.MOMENT)
+
+
+@dataclass
+class ShampooRefreshInputs:
+    L: torch.Tensor
+    R: torch.Tensor
+    bias_correction2: float
+    root_exponent: float
+    eps: float
+
+
+@dataclass
+class ShampooRefreshResult:
+    """New inverse roots; a side is None when its computation failed."""
+
+    L_root: torch.Tensor | None = None
+    R_root: torch.Tensor | None = None
+
+
+def compute_shampoo_roots(inputs: ShampooRefreshInputs) -> ShampooRefreshResult:
+    """invroot(L/c2) and invroot(R/c2); pure, safe to run on any thread."""
+    result = ShampooRefreshResult()
+    for side in ("L", "R"):
+        factor = getattr(inputs, side)
+        if not is_finite(factor):
+            continue
+        try:
+            root = inverse_root(factor / inputs.bias_correction2, inputs.root_exponent, inputs.eps)
+        except EighFailure:
+            continue
+        setattr(result, f"{side}_root", root)
+    return result
+
+
+class Shampoo(BlockedOptimizer):
+    """Blocked Shampoo; defaults are the reference constructor's (§3.3).
+
+    For LLM training use the recommended column of §3.3 instead: β2 = 0.999,
+    f = 100 and ``grafting="adam"``. 1-D parameters use the AdamW fallback with
+    β2 = ``grafting_beta2`` (Shampoo's own β2 is often 1, a running sum).
+    """
+
+    reference_tau = 0
+    skips_first_call = False
+    block_state_type = ShampooState
+    refresh_result_type = ShampooRefreshResult
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-2,
+        betas: tuple[float, float] = (0.9, 1.0),
+        eps: float = 1e-12,
+        weight_decay: float = 0.0,
+        block_size: int | None = 1024,
+        precondition_frequency: int = 1,
+        start_preconditioning_step: int | None = None,
+        root_exponent: float = 4,
+        grafting: str = "none",
+        grafting_beta2: float = 0.999,
+        grafting_eps: float = 1e-8,
+        bias_correction: bool = True,
+        *,
+        execution: ExecutionConfig | None = None,
+    ) -> None:
+        check_probability("betas[0]", betas[0])
+        check_probability("betas[1]", betas[1], allow_one=True)
+        check_probability("grafting_beta2", grafting_beta2)
+        check_positive("eps", eps)
+        check_positive("grafting_eps", grafting_eps)
+        check_positive("root_exponent", root_exponent)
+        if not isinstance(precondition_frequency, int) or precondition_frequency < 1:
+            raise ValueError(
+                f"precondition_frequency must be a positive integer, got {precondition_frequency!r}"
+            )
+        t0 = (
+            precondition_frequency
+            if start_preconditioning_step is None
+            else start_preconditioning_step
+        )
+        if not isinstance(t0, int) or t0 < 1:
+            raise ValueError(f"start_preconditioning_step must be a positive integer, got {t0!r}")
+        if grafting not in ("none", "adam"):
+            raise ValueError(f"grafting must be 'none' or 'adam', got {grafting!r}")
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            eps=eps,
+            weight_decay=weight_decay,
+            block_size=block_size,
+            precondition_frequency=precondition_frequency,
+            start_preconditioning_step=t0,
+            root_exponent=root_exponent,
+            grafting=grafting,
+            grafting_beta2=grafting_beta2,
+            grafting_eps=grafting_eps,
+            bias_correction=bias_correction,
+        )
+        super().__init__(params, defaults, execution=execution)
+
+    def _fallback_hyperparameters(self, group: dict[str, Any]) -> dict[str, float]:
+        return dict(
+            beta1=group["betas"][0],
+            beta2=group["grafting_beta2"],
+            eps=1e-8,
+            weight_decay=group["weight_decay"],
+            bias_correction=group["bias_correction"],
+        )
+
+    def _init_block(self, block: Block, g: torch.Tensor, group: dict[str, Any]) -> ShampooState:
+        a, b = g.shape
+        opts = dict(dtype=g.dtype, device=g.device)
+        return ShampooState(
+            L=torch.zeros(a, a, **opts),
+            R=torch.zeros(b, b, **opts),
+            L_root=torch.eye(a, **opts),
+            R_root=torch.eye(b, **opts),
+            M=torch.zeros_like(g),
+            V=torch.zeros_like(g) if group["grafting"] == "adam" else None,
+            root_failures=torch.zeros((), dtype=torch.int64, device=g.device),
+        )
+
+    @staticmethod
+    def _refresh_due(t: int, group: dict[str, Any]) -> bool:
+        t0, f = group["start_preconditioning_step"], group["precondition_frequency"]
+        return t == t0 or (t > t0 and t % f == 0)
+
+    def _block_step(
+        self,
+        block: Block,
+        state: ShampooState,
+        w: torch.Tensor,
+        g: torch.Tensor,
+        group: dict[str, Any],
+        t: int,
+    ) -> None:
+        assert state.L is not None and state.R is not None and state.M is not None
+        beta1, beta2 = group["betas"]
+        with self._span("factor_update", block):
+            weight = 1.0 - beta2 if beta2 < 1.0 else 1.0
+            if beta2 < 1.0:
+                state.L.mul_(beta2)
+                state.R.mul_(beta2)
+            state.L.addmm_(g, g.T, alpha=weight)
+            state.R.addmm_(g.T, g, alpha=weight)
+            if state.V is not None:
+                beta2g = group["grafting_beta2"]
+                state.V.mul_(beta2g).addcmul_(g, g, value=1.0 - beta2g)
+
+        if self._refresh_due(t, group):
+            c2 = 1.0 - beta2**t if (group["bias_correction"] and beta2 < 1.0) else 1.0
+            inputs = ShampooRefreshInputs(
+                state.L, state.R, c2, group["root_exponent"], group["eps"]
+            )
+            self._submit_refresh(block, t, compute_shampoo_roots, inputs)
+        self._install_due(block, state, t)
+
+        with self._span("precondition", block):
+            state.M.mul_(beta1).add_(g, alpha=1.0 - beta1)
+            c1 = 1.0 - beta1**t if group["bias_correction"] else 1.0
+            m_hat = state.M / c1
+            direction = state.L_root @ m_hat @ state.R_root
+            if state.V is not None:
+                c2g = 1.0 - group["grafting_beta2"] ** t if group["bias_correction"] else 1.0
+                adam = m_hat / ((state.V / c2g).sqrt_().add_(group["grafting_eps"]))
+                if t < group["start_preconditioning_step"]:
+                    direction = adam
+                else:
+                    direction = direction * (
+                        torch.linalg.norm(adam) / (torch.linalg.norm(direction) + 1e-16)
+                    )
+            if group["weight_decay"] > 0.0:
+                direction = direction.add(w, alpha=group["weight_decay"])
+            w.add_(direction.to(w.dtype), alpha=-group["lr"])
+
+    def _install(self, block: Block, state: ShampooState, result: ShampooRefreshResult) -> None:
+        assert state.root_failures is not None
+        failed = False
+        for side in ("L", "R"):
+            root = getattr(result, f"{side}_root")
+            if root is None:
+                failed = True
+            else:
+                setattr(state, f"{side}_root", root)
+        if failed:
+            state.root_failures += 1
+            if int(state.root_failures) > MAX_CONSECUTIVE_ROOT_FAILURES:
+                raise RuntimeError(
+                    f"Shampoo block {block.id}: inverse root failed {int(state.root_failures)} times in a row"
+                    " (non-finite factors or eigh failure); lower the learning rate or raise eps"
+                )
+        else:
+            state.root_failures.zero_()

@@ -1,0 +1,110 @@
+"""The state store: every optimizer-state tensor of every block lives here.
+
+Optimizers ask the store for a block's state and get its tensors on the
+compute device; they never learn where the tensors lived in between. Each
+block's state is a typed dataclass whose fields are the block's *slots*; the
+``SlotKind`` of a field says how it is used over its lifetime (what the tier
+manager places by), and state dicts are built from those fields, so nothing is
+hidden from a checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from enum import Enum
+from typing import Any, TypeVar
+
+import torch
+
+
+class SlotKind(str, Enum):
+    """How a slot is touched, which is what placement decides by."""
+
+    FACTOR = "factor"  # written every step (L, R, S_L, S_R)
+    BASIS = "basis"  # read every step, written at refresh (Q_L, Q_R)
+    ROOT = "root"  # read every step, written at refresh (Shampoo's L̃, R̃)
+    MOMENT = "moment"  # read and written every step (M, V, d)
+
+
+def slot(kind: SlotKind) -> Any:
+    """A dataclass field holding one optional tensor of the given kind."""
+    return dataclasses.field(default=None, metadata={"slot": kind})
+
+
+S = TypeVar("S")
+
+
+def slot_kinds(state_type: type) -> dict[str, SlotKind]:
+    return {
+        f.name: f.metadata["slot"] for f in dataclasses.fields(state_type) if "slot" in f.metadata
+    }
+
+
+def state_tensors(state: Any) -> dict[str, torch.Tensor]:
+    """The non-empty tensor slots of a block state, by field name."""
+    out = {}
+    for name in slot_kinds(type(state)):
+        value = getattr(state, name)
+        if value is not None:
+            out[name] = value
+    return out
+
+
+def state_bytes(state: Any) -> int:
+    return sum(t.numel() * t.element_size() for t in state_tensors(state).values())
+
+
+class StateStore:
+    """Block id -> typed block state, all on the compute device.
+
+    The tiered store of the placement work keeps this interface: ``get`` returns
+    the state with every tensor on the device, whatever tier held it before.
+    """
+
+    def __init__(self) -> None:
+        self._states: dict[str, Any] = {}
+
+    def __contains__(self, block_id: str) -> bool:
+        return block_id in self._states
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def put(self, block_id: str, state: Any) -> None:
+        self._states[block_id] = state
+
+    def get(self, block_id: str) -> Any:
+        return self._states[block_id]
+
+    def items(self) -> Iterator[tuple[str, Any]]:
+        return iter(self._states.items())
+
+    def total_bytes(self) -> int:
+        return sum(state_bytes(s) for s in self._states.values())
+
+    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {block_id: dict(state_tensors(s)) for block_id, s in self._states.items()}
+
+    def load_state_dict(
+        self,
+        blocks: dict[str, dict[str, torch.Tensor]],
+        state_types: dict[str, type],
+        devices: dict[str, torch.device],
+    ) -> None:
+        """Rebuild every block's state; ``state_types`` maps block id -> its state class."""
+        self._states.clear()
+        for block_id, tensors in blocks.items():
+            if block_id not in state_types:
+                raise ValueError(
+                    f"state_dict holds block {block_id!r}, which this optimizer does not have"
+                )
+            cls = state_types[block_id]
+            kinds = slot_kinds(cls)
+            unknown = set(tensors) - set(kinds)
+            if unknown:
+                raise ValueError(
+                    f"state_dict block {block_id!r} has unknown slots {sorted(unknown)}"
+                )
+            device = devices[block_id]
+            self._states[block_id] = cls(**{k: v.to(device) for k, v in tensors.items()})
