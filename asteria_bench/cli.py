@@ -1,0 +1,194 @@
+"""The ``asteria-bench`` command line.
+
+Every failure caused by input (an option, a config file, a data path) is one
+line on stderr naming what was wrong and what was expected, with exit status 2
+and no traceback; ``main`` enforces that for typer/click's own errors too.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+
+from asteria_bench.errors import UserError
+
+app = typer.Typer(
+    name="asteria-bench",
+    help="Train with Shampoo / SOAP / KL-Shampoo, record what it costs, and compare.",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+
+MODEL = "Model"
+TRAIN = "Training"
+OPTIM = "Optimizer hyperparameters (unset: the optimizer's preset for this workload)"
+DATA = "Data"
+
+
+@app.callback()
+def _root() -> None:
+    """Train with Shampoo / SOAP / KL-Shampoo, record what it costs, and compare.
+
+    Example: asteria-bench run --optimizer soap --steps 300 --out runs/soap
+    """
+
+
+@app.command()
+def run(
+    optimizer: Annotated[Optional[str], typer.Option(help="adamw | shampoo | soap | kl-shampoo (default soap)", rich_help_panel=TRAIN)] = None,
+    steps: Annotated[Optional[int], typer.Option(help="training steps (default 300)", rich_help_panel=TRAIN)] = None,
+    seed: Annotated[Optional[int], typer.Option(help="seed of the model init and batch order", rich_help_panel=TRAIN)] = None,
+    out: Annotated[Optional[Path], typer.Option(help="run directory (default runs/<optimizer>-<time>)")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing run directory at --out")] = False,
+    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda", rich_help_panel=TRAIN)] = None,
+    config: Annotated[Optional[Path], typer.Option(help="TOML or YAML file with [model] [data] [train] [optim] sections")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    batch_size: Annotated[Optional[int], typer.Option(rich_help_panel=TRAIN)] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help="held-out loss every N steps", rich_help_panel=TRAIN)] = None,
+    eval_batches: Annotated[Optional[int], typer.Option(rich_help_panel=TRAIN)] = None,
+    warmup_steps: Annotated[Optional[int], typer.Option(rich_help_panel=TRAIN)] = None,
+    lr_schedule: Annotated[Optional[str], typer.Option(help="cosine | constant", rich_help_panel=TRAIN)] = None,
+    min_lr_ratio: Annotated[Optional[float], typer.Option(rich_help_panel=TRAIN)] = None,
+    grad_clip: Annotated[Optional[float], typer.Option(help="max grad norm; 0 disables", rich_help_panel=TRAIN)] = None,
+    torch_threads: Annotated[Optional[int], typer.Option(help="torch intra-op threads", rich_help_panel=TRAIN)] = None,
+    telemetry_every: Annotated[Optional[int], typer.Option(help="host/GPU counters every N steps", rich_help_panel=TRAIN)] = None,
+    n_layer: Annotated[Optional[int], typer.Option(rich_help_panel=MODEL)] = None,
+    n_head: Annotated[Optional[int], typer.Option(rich_help_panel=MODEL)] = None,
+    n_embd: Annotated[Optional[int], typer.Option(rich_help_panel=MODEL)] = None,
+    context: Annotated[Optional[int], typer.Option(help="context length in bytes", rich_help_panel=MODEL)] = None,
+    dropout: Annotated[Optional[float], typer.Option(rich_help_panel=MODEL)] = None,
+    data: Annotated[Optional[Path], typer.Option(help="a text file or folder (default: the embedded corpus)", rich_help_panel=DATA)] = None,
+    corpus_seed: Annotated[Optional[int], typer.Option(rich_help_panel=DATA)] = None,
+    corpus_bytes: Annotated[Optional[int], typer.Option(rich_help_panel=DATA)] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(rich_help_panel=DATA)] = None,
+    lr: Annotated[Optional[float], typer.Option(rich_help_panel=OPTIM)] = None,
+    beta1: Annotated[Optional[float], typer.Option(rich_help_panel=OPTIM)] = None,
+    beta2: Annotated[Optional[float], typer.Option(rich_help_panel=OPTIM)] = None,
+    eps: Annotated[Optional[float], typer.Option(rich_help_panel=OPTIM)] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(rich_help_panel=OPTIM)] = None,
+    precondition_frequency: Annotated[Optional[int], typer.Option(help="refresh every f steps", rich_help_panel=OPTIM)] = None,
+    block_size: Annotated[Optional[int], typer.Option(help="preconditioner block size", rich_help_panel=OPTIM)] = None,
+    shampoo_beta: Annotated[Optional[float], typer.Option(help="factor EMA (SOAP, KL-Shampoo)", rich_help_panel=OPTIM)] = None,
+    max_precond_dim: Annotated[Optional[int], typer.Option(help="longer sides are not rotated", rich_help_panel=OPTIM)] = None,
+    start_preconditioning_step: Annotated[Optional[int], typer.Option(help="Shampoo t0", rich_help_panel=OPTIM)] = None,
+    root_exponent: Annotated[Optional[float], typer.Option(help="Shampoo inverse root", rich_help_panel=OPTIM)] = None,
+    grafting: Annotated[Optional[str], typer.Option(help="Shampoo grafting: adam | none", rich_help_panel=OPTIM)] = None,
+    grafting_beta2: Annotated[Optional[float], typer.Option(rich_help_panel=OPTIM)] = None,
+    eigenvalue_init: Annotated[Optional[float], typer.Option(help="KL-Shampoo c0", rich_help_panel=OPTIM)] = None,
+    normalize_grads: Annotated[Optional[bool], typer.Option("--normalize-grads/--no-normalize-grads", rich_help_panel=OPTIM)] = None,
+) -> None:
+    """Train the GPT with one optimizer and write a run directory.
+
+    The run directory holds config.json, trace/ (Parquet spans and counters plus
+    trace.perfetto.json for ui.perfetto.dev), metrics.parquet and summary.md.
+    With no options: SOAP on the embedded corpus, 300 steps, on the CPU unless
+    a GPU is present.
+
+    Example: asteria-bench run --optimizer kl-shampoo --steps 500 --lr 3e-3
+    """
+    from asteria_bench.config import RunConfig, apply_mapping, load_config_file, validate
+    from asteria_bench.job import run_job
+
+    cfg = RunConfig()
+    if config is not None:
+        apply_mapping(cfg, load_config_file(config), f"--config: {config}")
+    overrides = {
+        "model": dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, context=context, dropout=dropout),
+        "data": dict(
+            path=None if data is None else str(data),
+            corpus_seed=corpus_seed,
+            corpus_bytes=corpus_bytes,
+            val_fraction=val_fraction,
+        ),
+        "train": dict(
+            steps=steps,
+            batch_size=batch_size,
+            seed=seed,
+            device=device,
+            eval_every=eval_every,
+            eval_batches=eval_batches,
+            warmup_steps=warmup_steps,
+            lr_schedule=lr_schedule,
+            min_lr_ratio=min_lr_ratio,
+            grad_clip=grad_clip,
+            torch_threads=torch_threads,
+            telemetry_every=telemetry_every,
+        ),
+        "optim": dict(
+            name=optimizer,
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            eps=eps,
+            weight_decay=weight_decay,
+            precondition_frequency=precondition_frequency,
+            block_size=block_size,
+            shampoo_beta=shampoo_beta,
+            max_precond_dim=max_precond_dim,
+            start_preconditioning_step=start_preconditioning_step,
+            root_exponent=root_exponent,
+            grafting=grafting,
+            grafting_beta2=grafting_beta2,
+            eigenvalue_init=eigenvalue_init,
+            normalize_grads=normalize_grads,
+        ),
+    }
+    for section, values in overrides.items():
+        target = getattr(cfg, section)
+        for key, value in values.items():
+            if value is not None:
+                setattr(target, key, value)
+    validate(cfg)
+    run_job(cfg, out=out, overwrite=overwrite, quiet=quiet)
+
+
+def _click_classes(name: str) -> tuple[type[BaseException], ...]:
+    """The class ``name`` from click and from typer's vendored click (typer >= 0.20)."""
+    modules = [click.exceptions]
+    try:
+        import typer._click.exceptions as vendored  # type: ignore[import-not-found]
+
+        modules.append(vendored)
+    except ImportError:
+        pass
+    return tuple(getattr(m, name) for m in modules if hasattr(m, name))
+
+
+_NO_ARGS_IS_HELP = _click_classes("NoArgsIsHelpError")
+_USAGE_ERROR = _click_classes("UsageError")
+_ABORT = _click_classes("Abort")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: typer app with one-line errors and exit status 2."""
+    try:
+        result = app(args=argv, standalone_mode=False, prog_name="asteria-bench")
+    except UserError as exc:
+        print(f"asteria-bench: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except _NO_ARGS_IS_HELP as exc:
+        print(exc.ctx.get_help() if exc.ctx else "", file=sys.stderr)
+        sys.exit(2)
+    except _USAGE_ERROR as exc:
+        message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
+        if getattr(exc, "param", None) is not None and "--" not in message:
+            message = f"{exc.param.opts[0]}: {message}"  # type: ignore[attr-defined]
+        print(f"asteria-bench: error: {message}", file=sys.stderr)
+        sys.exit(2)
+    except _ABORT:
+        print("asteria-bench: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        print("asteria-bench: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

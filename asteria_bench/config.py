@@ -1,0 +1,272 @@
+"""The run configuration: typed, validated, loadable from TOML or YAML.
+
+Precedence is defaults < ``--config FILE`` < command-line options. A config
+file mirrors the sections below (``[model]``, ``[data]``, ``[train]``,
+``[optim]``); any unknown key or mistyped value is an error naming the file and
+the key. Optimizer hyperparameters left unset take the per-optimizer preset for
+this workload (``OPTIMIZER_PRESETS``), which ``resolved_optimizer`` makes
+explicit so that ``config.json`` records every value actually used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from asteria_bench.errors import UserError
+
+OPTIMIZERS = ("adamw", "shampoo", "soap", "kl-shampoo")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class ModelSection:
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    context: int = 64
+    dropout: float = 0.0
+
+
+@dataclass
+class DataSection:
+    path: str | None = None  # a text file or folder; None = the embedded corpus
+    corpus_seed: int = 1234
+    corpus_bytes: int = 1_000_000
+    val_fraction: float = 0.1
+
+
+@dataclass
+class TrainSection:
+    steps: int = 300
+    batch_size: int = 16
+    seed: int = 0
+    device: str = "auto"
+    eval_every: int = 50
+    eval_batches: int = 8
+    warmup_steps: int = 20
+    lr_schedule: str = "cosine"  # cosine | constant
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0  # 0 disables clipping
+    torch_threads: int | None = None
+    telemetry_every: int = 10
+
+
+@dataclass
+class OptimSection:
+    """Every optimizer hyperparameter; None means the preset for the chosen optimizer."""
+
+    name: str = "soap"
+    lr: float | None = None
+    beta1: float | None = None
+    beta2: float | None = None
+    eps: float | None = None
+    weight_decay: float | None = None
+    precondition_frequency: int | None = None
+    block_size: int | None = None
+    shampoo_beta: float | None = None
+    max_precond_dim: int | None = None
+    start_preconditioning_step: int | None = None
+    root_exponent: float | None = None
+    grafting: str | None = None
+    grafting_beta2: float | None = None
+    eigenvalue_init: float | None = None
+    normalize_grads: bool | None = None
+
+
+@dataclass
+class RunConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+OPTIMIZER_PRESETS: dict[str, dict[str, Any]] = {
+    # Tuned by sweep on the default workload (benchmarks/bench_convergence.py).
+    "adamw": dict(lr=3e-3, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1),
+    "soap": dict(
+        lr=3e-3,
+        beta1=0.95,
+        beta2=0.95,
+        eps=1e-8,
+        weight_decay=0.1,
+        precondition_frequency=10,
+        block_size=None,
+        max_precond_dim=10000,
+        normalize_grads=False,
+    ),
+    "shampoo": dict(
+        lr=3e-3,
+        beta1=0.9,
+        beta2=0.999,
+        eps=1e-12,
+        weight_decay=0.1,
+        precondition_frequency=10,
+        block_size=1024,
+        root_exponent=4,
+        grafting="adam",
+        grafting_beta2=0.999,
+    ),
+    "kl-shampoo": dict(
+        lr=3e-3,
+        beta1=0.9,
+        beta2=0.98,
+        eps=1e-8,
+        weight_decay=0.1,
+        precondition_frequency=10,
+        block_size=None,
+        eigenvalue_init=0.1,
+    ),
+}
+"""Per-optimizer values for the hyperparameters a user left unset."""
+
+
+def resolved_optimizer(optim: OptimSection) -> dict[str, Any]:
+    """The preset for ``optim.name`` overlaid with every value the user set."""
+    values = dict(OPTIMIZER_PRESETS[optim.name])
+    for f in dataclasses.fields(optim):
+        if f.name == "name":
+            continue
+        value = getattr(optim, f.name)
+        if value is not None:
+            values[f.name] = value
+    return values
+
+
+# ------------------------------------------------------------------ validation
+def validate(config: RunConfig) -> None:
+    """Raise UserError naming the option for the first invalid value."""
+    m, d, t, o = config.model, config.data, config.train, config.optim
+
+    def need(ok: bool, option: str, expected: str, value: Any) -> None:
+        if not ok:
+            raise UserError(f"{option}: expected {expected}, got {value!r}")
+
+    need(o.name in OPTIMIZERS, "--optimizer", "one of " + ", ".join(OPTIMIZERS), o.name)
+    need(t.device in DEVICES, "--device", "one of " + ", ".join(DEVICES), t.device)
+    need(t.steps >= 1, "--steps", "a positive integer", t.steps)
+    need(t.batch_size >= 1, "--batch-size", "a positive integer", t.batch_size)
+    need(t.eval_every >= 1, "--eval-every", "a positive integer", t.eval_every)
+    need(t.eval_batches >= 1, "--eval-batches", "a positive integer", t.eval_batches)
+    need(t.warmup_steps >= 0, "--warmup-steps", "a non-negative integer", t.warmup_steps)
+    need(t.lr_schedule in ("cosine", "constant"), "--lr-schedule", "cosine or constant", t.lr_schedule)
+    need(0.0 <= t.min_lr_ratio <= 1.0, "--min-lr-ratio", "a number in [0, 1]", t.min_lr_ratio)
+    need(t.grad_clip >= 0.0, "--grad-clip", "a non-negative number", t.grad_clip)
+    need(t.telemetry_every >= 1, "--telemetry-every", "a positive integer", t.telemetry_every)
+    need(
+        t.torch_threads is None or t.torch_threads >= 1,
+        "--torch-threads",
+        "a positive integer",
+        t.torch_threads,
+    )
+    need(m.n_layer >= 1, "--n-layer", "a positive integer", m.n_layer)
+    need(m.n_head >= 1, "--n-head", "a positive integer", m.n_head)
+    need(m.n_embd >= 1, "--n-embd", "a positive integer", m.n_embd)
+    need(m.n_embd % m.n_head == 0, "--n-embd", f"a multiple of --n-head ({m.n_head})", m.n_embd)
+    need(m.context >= 2, "--context", "an integer >= 2", m.context)
+    need(0.0 <= m.dropout < 1.0, "--dropout", "a number in [0, 1)", m.dropout)
+    need(0.0 < d.val_fraction < 1.0, "--val-fraction", "a number in (0, 1)", d.val_fraction)
+    need(d.corpus_bytes >= 10_000, "--corpus-bytes", "at least 10000", d.corpus_bytes)
+    if d.path is not None:
+        need(Path(d.path).exists(), "--data", "an existing text file or folder", d.path)
+    for name in ("lr", "eps", "weight_decay", "eigenvalue_init", "root_exponent"):
+        value = getattr(o, name)
+        need(value is None or value >= 0, f"--{name.replace('_', '-')}", "a non-negative number", value)
+    for name in ("beta1", "beta2", "shampoo_beta", "grafting_beta2"):
+        value = getattr(o, name)
+        need(value is None or 0.0 <= value <= 1.0, f"--{name.replace('_', '-')}", "a number in [0, 1]", value)
+    for name in ("precondition_frequency", "block_size", "start_preconditioning_step"):
+        value = getattr(o, name)
+        need(value is None or value >= 1, f"--{name.replace('_', '-')}", "a positive integer", value)
+    need(o.grafting in (None, "adam", "none"), "--grafting", "adam or none", o.grafting)
+
+
+# ----------------------------------------------------------------- config files
+def load_config_file(path: Path) -> dict[str, Any]:
+    """Parse a TOML or YAML file into a mapping; errors name the file."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"--config: {path}: no such file") from None
+    except OSError as exc:
+        raise UserError(f"--config: {path}: cannot read ({exc.strerror})") from None
+    suffix = path.suffix.lower()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"--config: {path}: not UTF-8 text") from None
+    if suffix == ".toml":
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # pragma: no cover
+            import tomli as tomllib
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise UserError(f"--config: {path}: invalid TOML ({exc})") from None
+    elif suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise UserError(f"--config: {path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+        if data is None:
+            data = {}
+    else:
+        raise UserError(f"--config: {path}: expected a .toml, .yaml or .yml file")
+    if not isinstance(data, dict):
+        raise UserError(f"--config: {path}: expected a mapping of sections at the top level")
+    return data
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check a config value against a field's annotation (int, float, str, bool, optional)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], where)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"{where}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise UserError(f"{where}: expected an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise UserError(f"{where}: expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise UserError(f"{where}: expected a string, got {value!r}")
+    raise TypeError(f"unsupported config annotation {annotation!r}")  # pragma: no cover
+
+
+def apply_mapping(config: RunConfig, data: dict[str, Any], source: str) -> RunConfig:
+    """Overlay a parsed config file on ``config``; unknown keys are errors."""
+    hints = {name: typing.get_type_hints(type(getattr(config, name))) for name in ("model", "data", "train", "optim")}
+    for section, values in data.items():
+        if section not in hints:
+            raise UserError(f"{source}: unknown section {section!r}; expected one of model, data, train, optim")
+        if not isinstance(values, dict):
+            raise UserError(f"{source}: [{section}] must be a table of keys")
+        target = getattr(config, section)
+        for key, value in values.items():
+            if key not in hints[section]:
+                raise UserError(f"{source}: unknown key {section}.{key}")
+            setattr(target, key, _coerce(value, hints[section][key], f"{source}: {section}.{key}"))
+    return config

@@ -1,0 +1,72 @@
+"""Run directories that never look finished unless they are.
+
+A run is written into ``<out>.incomplete/`` holding a marker file
+``INCOMPLETE``; only when every file is written and synced is the marker
+removed and the folder renamed to ``<out>``. An interrupted or failed run
+therefore leaves ``<out>.incomplete/`` (marker included, with the reason),
+never a folder that looks like a finished run, and never touches a finished
+run that already stood at ``<out>``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from asteria_bench.errors import UserError
+from traces.atomic import atomic_write_text, fsync_dir
+
+MARKER = "INCOMPLETE"
+FINISHED_MARKER_FILE = "summary.md"
+
+
+def is_finished_run(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file() and not (path / MARKER).exists()
+
+
+class RunDirectory:
+    """The staging folder of one run and its promotion to the final name."""
+
+    def __init__(self, out: Path, *, overwrite: bool = False) -> None:
+        self.final = out
+        self.staging = out.with_name(out.name + ".incomplete")
+        if out.exists() and not overwrite:
+            raise UserError(f"--out: {out} already exists; choose another path or pass --overwrite")
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out: {out} exists and is not a folder")
+
+    def create(self) -> Path:
+        if self.staging.exists():
+            shutil.rmtree(self.staging)
+        try:
+            self.staging.mkdir(parents=True)
+        except OSError as exc:
+            raise UserError(f"--out: cannot create {self.staging} ({exc.strerror})") from None
+        atomic_write_text(self.staging / MARKER, "run in progress\n")
+        return self.staging
+
+    def mark_incomplete(self, reason: str) -> None:
+        """Record why the run stopped; the folder keeps its .incomplete name."""
+        if self.staging.exists():
+            atomic_write_text(self.staging / MARKER, reason.rstrip() + "\n")
+
+    def finish(self) -> Path:
+        """Remove the marker and move the folder to its final name."""
+        for path in self.staging.rglob("*"):
+            if path.is_file():
+                with open(path, "rb") as fh:
+                    os.fsync(fh.fileno())
+        (self.staging / MARKER).unlink()
+        fsync_dir(self.staging)
+        if self.final.exists():
+            previous = self.final.with_name(self.final.name + ".previous")
+            if previous.exists():
+                shutil.rmtree(previous)
+            os.replace(self.final, previous)
+            os.replace(self.staging, self.final)
+            shutil.rmtree(previous)
+        else:
+            os.replace(self.staging, self.final)
+        fsync_dir(self.final.parent)
+        return self.final

@@ -1,0 +1,231 @@
+"""The training job behind ``asteria-bench run``: a small GPT on bytes, traced.
+
+Everything a run measures comes from one recorder: spans for the step, the
+forward and backward passes, the optimizer step and (inside it) every block's
+factor update, preconditioning and amortized refresh; counters for loss,
+learning rate, optimizer-state bytes and host / GPU telemetry. The per-step
+metrics table is derived from the same spans, so ``metrics.parquet`` and the
+trace can never disagree.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from asteria_bench.config import RunConfig, resolved_optimizer
+from asteria_bench.errors import UserError
+from asteria_bench.optimizers import build_optimizer, parameter_groups
+from asteria_bench.workload.data import ByteDataset, DataError, default_dataset, load_text
+from asteria_bench.workload.model import GPT, GPTConfig
+from runtime.execution import ExecutionConfig
+from traces.recorder import Recorder
+from traces.schema import Category, Span, Tier
+
+STEP_METRIC_COLUMNS = (
+    "step",
+    "loss",
+    "val_loss",
+    "lr",
+    "step_time_ns",
+    "forward_ns",
+    "backward_ns",
+    "optimizer_ns",
+    "refresh_ns",
+    "optimizer_state_bytes",
+)
+
+
+@dataclass
+class StepMetrics:
+    step: int
+    loss: float
+    val_loss: float
+    lr: float
+    step_time_ns: int
+    forward_ns: int
+    backward_ns: int
+    optimizer_ns: int
+    refresh_ns: int
+    optimizer_state_bytes: int
+
+
+@dataclass
+class TrainResult:
+    metrics: list[StepMetrics]
+    recorder: Recorder
+    model_shape: dict[str, int]
+    hyperparameters: dict[str, Any]
+    policies: dict[str, str]
+    device: str
+    stopped_early: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+ProgressCallback = Callable[[StepMetrics], None]
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device: cuda was requested but no CUDA device is available")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def load_dataset(config: RunConfig) -> ByteDataset:
+    data = config.data
+    try:
+        if data.path is None:
+            if (data.corpus_seed, data.corpus_bytes) == (1234, 1_000_000):
+                return default_dataset(data.val_fraction)
+            from asteria_bench.workload.corpus import generate_corpus
+
+            return ByteDataset.from_bytes(generate_corpus(data.corpus_seed, data.corpus_bytes), data.val_fraction)
+        raw = load_text(Path(data.path), context=config.model.context)
+        return ByteDataset.from_bytes(raw, data.val_fraction)
+    except DataError as exc:
+        raise UserError(f"--data: {exc}") from None
+
+
+def lr_multiplier(step: int, config: RunConfig) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio`` (or constant)."""
+    t = config.train
+    if t.warmup_steps > 0 and step < t.warmup_steps:
+        return (step + 1) / t.warmup_steps
+    if t.lr_schedule == "constant":
+        return 1.0
+    span = max(1, t.steps - t.warmup_steps)
+    progress = min(1.0, (step - t.warmup_steps) / span)
+    return t.min_lr_ratio + (1.0 - t.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    store = getattr(optimizer, "store", None)
+    if store is not None:
+        return int(store.total_bytes())
+    total = 0
+    for state in optimizer.state.values():
+        for value in state.values():
+            if torch.is_tensor(value):
+                total += value.numel() * value.element_size()
+    return total
+
+
+@torch.no_grad()
+def evaluate(model: GPT, batches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> float:
+    model.eval()
+    total = 0.0
+    for x, y in batches:
+        _, loss = model(x.to(device), y.to(device))
+        assert loss is not None
+        total += float(loss)
+    model.train()
+    return total / len(batches)
+
+
+def _sum_spans(spans: list[Span], start: int, name: str | None = None, category: Category | None = None) -> int:
+    total = 0
+    for span in spans[start:]:
+        if (name is None or span.name == name) and (category is None or span.category == category):
+            total += span.end_ns - span.start_ns
+    return total
+
+
+def train(config: RunConfig, *, progress: ProgressCallback | None = None) -> TrainResult:
+    """Run the configured training job and return its metrics and trace."""
+    t = config.train
+    if t.torch_threads is not None:
+        torch.set_num_threads(t.torch_threads)
+    device = resolve_device(t.device)
+    dataset = load_dataset(config)
+    torch.manual_seed(t.seed)
+    m = config.model
+    model = GPT(GPTConfig(context=m.context, n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, dropout=m.dropout))
+    model.to(device)
+    recorder = Recorder(enabled=True)
+    execution = ExecutionConfig(recorder=recorder)
+    hp = resolved_optimizer(config.optim)
+    optimizer = build_optimizer(config.optim.name, parameter_groups(model, hp["weight_decay"]), hp, execution)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    generator = torch.Generator().manual_seed(t.seed)
+    eval_set = dataset.eval_batches(t.batch_size, m.context, t.eval_batches)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    from runtime.telemetry import TelemetrySampler
+
+    metrics: list[StepMetrics] = []
+    stopped: str | None = None
+    sampler = TelemetrySampler(recorder, gpu=device.type == "cuda")
+    try:
+        for step in range(1, t.steps + 1):
+            scale = lr_multiplier(step - 1, config)
+            for group, base in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base * scale
+            x, y = dataset.batch("train", t.batch_size, m.context, generator)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            first_span = len(recorder.spans)
+            with recorder.span("step", Category.STEP, step=step):
+                with recorder.span("forward", Category.COMPUTE, step=step):
+                    _, loss = model(x, y)
+                    assert loss is not None
+                    sync()
+                with recorder.span("backward", Category.COMPUTE, step=step):
+                    loss.backward()
+                    if t.grad_clip > 0:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                    sync()
+                opt_start = time.perf_counter_ns()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                sync()
+                opt_ns = time.perf_counter_ns() - opt_start
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                stopped = f"loss became {loss_value} at step {step}"
+                break
+            spans = recorder.spans
+            val_loss = math.nan
+            if step % t.eval_every == 0 or step == t.steps:
+                with recorder.span("eval", Category.EVAL, step=step):
+                    val_loss = evaluate(model, eval_set, device)
+                recorder.counter("val_loss", val_loss, step=step)
+            state_bytes = optimizer_state_bytes(optimizer)
+            recorder.counter("loss", loss_value, step=step)
+            recorder.counter("lr", optimizer.param_groups[0]["lr"], step=step)
+            recorder.counter("state_bytes", state_bytes, step=step, key=Tier.DEVICE.value)
+            if step % t.telemetry_every == 0 or step == 1:
+                sampler.sample(step)
+            row = StepMetrics(
+                step=step,
+                loss=loss_value,
+                val_loss=val_loss,
+                lr=optimizer.param_groups[0]["lr"],
+                step_time_ns=_sum_spans(spans, first_span, name="step"),
+                forward_ns=_sum_spans(spans, first_span, name="forward"),
+                backward_ns=_sum_spans(spans, first_span, name="backward"),
+                optimizer_ns=opt_ns,
+                refresh_ns=_sum_spans(spans, first_span, category=Category.REFRESH),
+                optimizer_state_bytes=state_bytes,
+            )
+            metrics.append(row)
+            if progress is not None:
+                progress(row)
+    finally:
+        sampler.close()
+    policies = execution.describe() if config.optim.name != "adamw" else {"placement": "device", "staleness": "none"}
+    return TrainResult(
+        metrics=metrics,
+        recorder=recorder,
+        model_shape=model.shape_summary(),
+        hyperparameters=hp,
+        policies=policies,
+        device=str(device),
+        stopped_early=stopped,
+    )

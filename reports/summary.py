@@ -1,0 +1,113 @@
+"""``summary.md``: the figures a user looks at first, from a run's metrics table.
+
+Reads only ``metrics.parquet`` columns (see ``traces/SCHEMA.md``), so the same
+summary can be made for a measured or a simulated run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class RunFigures:
+    steps: int
+    final_loss: float  # mean training loss over the last 10 steps
+    final_val_loss: float
+    best_val_loss: float
+    median_step_ms: float
+    p99_step_ms: float
+    max_step_ms: float
+    median_compute_ms: float
+    median_optimizer_ms: float
+    mean_optimizer_ms: float
+    mean_compute_ms: float
+    total_refresh_ms: float
+    optimizer_state_bytes: int
+
+    @property
+    def visible_overhead(self) -> float:
+        """Mean optimizer time over mean forward+backward time (0.25 = 25 %)."""
+        return self.mean_optimizer_ms / self.mean_compute_ms if self.mean_compute_ms else math.nan
+
+    @property
+    def spike_ratio(self) -> float:
+        return self.p99_step_ms / self.median_step_ms if self.median_step_ms else math.nan
+
+
+def run_figures(metrics: pd.DataFrame) -> RunFigures:
+    if metrics.empty:
+        raise ValueError("metrics table is empty")
+    ms = 1e-6
+    step = metrics["step_time_ns"].to_numpy(dtype=np.float64) * ms
+    compute = (metrics["forward_ns"] + metrics["backward_ns"]).to_numpy(dtype=np.float64) * ms
+    opt = metrics["optimizer_ns"].to_numpy(dtype=np.float64) * ms
+    val = metrics["val_loss"].dropna()
+    return RunFigures(
+        steps=int(metrics["step"].iloc[-1]),
+        final_loss=float(metrics["loss"].tail(10).mean()),
+        final_val_loss=float(val.iloc[-1]) if len(val) else math.nan,
+        best_val_loss=float(val.min()) if len(val) else math.nan,
+        median_step_ms=float(np.median(step)),
+        p99_step_ms=float(np.percentile(step, 99)),
+        max_step_ms=float(step.max()),
+        median_compute_ms=float(np.median(compute)),
+        median_optimizer_ms=float(np.median(opt)),
+        mean_optimizer_ms=float(opt.mean()),
+        mean_compute_ms=float(compute.mean()),
+        total_refresh_ms=float(metrics["refresh_ns"].sum() * ms),
+        optimizer_state_bytes=int(metrics["optimizer_state_bytes"].iloc[-1]),
+    )
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB"
+
+
+def summary_markdown(
+    figures: RunFigures,
+    *,
+    title: str,
+    optimizer: str,
+    device: str,
+    model: dict[str, int],
+    policies: dict[str, str],
+    note: str | None = None,
+) -> str:
+    f = figures
+    lines = [
+        f"# {title}",
+        "",
+        f"- optimizer: **{optimizer}**; device: {device}; policies: "
+        + ", ".join(f"{k}={v}" for k, v in sorted(policies.items())),
+        f"- model: {model.get('n_layer')} layers, width {model.get('n_embd')}, {model.get('n_head')} heads,"
+        f" context {model.get('context')}, {model.get('parameters', 0):,} parameters",
+        f"- steps: {f.steps}",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| final training loss (mean of last 10 steps) | {f.final_loss:.4f} |",
+        f"| final validation loss | {f.final_val_loss:.4f} |",
+        f"| best validation loss | {f.best_val_loss:.4f} |",
+        f"| median step time | {f.median_step_ms:.2f} ms |",
+        f"| p99 step time | {f.p99_step_ms:.2f} ms (p99/median {f.spike_ratio:.2f}) |",
+        f"| longest step | {f.max_step_ms:.2f} ms ({f.max_step_ms / f.median_step_ms:.2f}x median) |",
+        f"| median forward+backward | {f.median_compute_ms:.2f} ms |",
+        f"| median optimizer step | {f.median_optimizer_ms:.2f} ms |",
+        f"| visible optimizer overhead (mean optimizer / mean forward+backward) | {100 * f.visible_overhead:.1f} % |",
+        f"| amortized refresh time, all steps | {f.total_refresh_ms:.1f} ms |",
+        f"| optimizer state | {_mib(f.optimizer_state_bytes)} |",
+    ]
+    if note:
+        lines += ["", note]
+    lines += [
+        "",
+        "Times are wall-clock on this machine; compare ratios across runs, not absolute times."
+        " The trace opens in https://ui.perfetto.dev (trace/trace.perfetto.json).",
+        "",
+    ]
+    return "\n".join(lines)
