@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import click
 import typer
@@ -41,47 +41,102 @@ def _root() -> None:
 
 @app.command()
 def run(
-    optimizer: Annotated[Optional[str], typer.Option(help="adamw | shampoo | soap | kl-shampoo (default soap)", rich_help_panel=TRAIN)] = None,
-    steps: Annotated[Optional[int], typer.Option(help="training steps (default 300)", rich_help_panel=TRAIN)] = None,
-    seed: Annotated[Optional[int], typer.Option(help="seed of the model init and batch order", rich_help_panel=TRAIN)] = None,
-    out: Annotated[Optional[Path], typer.Option(help="run directory (default runs/<optimizer>-<time>)")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace an existing run directory at --out")] = False,
-    device: Annotated[Optional[str], typer.Option(help="auto | cpu | cuda", rich_help_panel=TRAIN)] = None,
-    config: Annotated[Optional[Path], typer.Option(help="TOML or YAML file with [model] [data] [train] [optim] sections")] = None,
+    optimizer: Annotated[
+        str | None,
+        typer.Option(
+            help="adamw | shampoo | soap | kl-shampoo (default soap)", rich_help_panel=TRAIN
+        ),
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option(help="training steps (default 300)", rich_help_panel=TRAIN)
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(help="seed of the model init and batch order", rich_help_panel=TRAIN),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="run directory (default runs/<optimizer>-<time>)")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="replace an existing run directory at --out")
+    ] = False,
+    device: Annotated[
+        str | None, typer.Option(help="auto | cpu | cuda", rich_help_panel=TRAIN)
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="TOML or YAML file with [model] [data] [train] [optim] sections"),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
-    batch_size: Annotated[Optional[int], typer.Option(rich_help_panel=TRAIN)] = None,
-    eval_every: Annotated[Optional[int], typer.Option(help="held-out loss every N steps", rich_help_panel=TRAIN)] = None,
-    eval_batches: Annotated[Optional[int], typer.Option(rich_help_panel=TRAIN)] = None,
-    warmup_steps: Annotated[Optional[int], typer.Option(rich_help_panel=TRAIN)] = None,
-    lr_schedule: Annotated[Optional[str], typer.Option(help="cosine | constant", rich_help_panel=TRAIN)] = None,
-    min_lr_ratio: Annotated[Optional[float], typer.Option(rich_help_panel=TRAIN)] = None,
-    grad_clip: Annotated[Optional[float], typer.Option(help="max grad norm; 0 disables", rich_help_panel=TRAIN)] = None,
-    torch_threads: Annotated[Optional[int], typer.Option(help="torch intra-op threads", rich_help_panel=TRAIN)] = None,
-    telemetry_every: Annotated[Optional[int], typer.Option(help="host/GPU counters every N steps", rich_help_panel=TRAIN)] = None,
-    n_layer: Annotated[Optional[int], typer.Option(rich_help_panel=MODEL)] = None,
-    n_head: Annotated[Optional[int], typer.Option(rich_help_panel=MODEL)] = None,
-    n_embd: Annotated[Optional[int], typer.Option(rich_help_panel=MODEL)] = None,
-    context: Annotated[Optional[int], typer.Option(help="context length in bytes", rich_help_panel=MODEL)] = None,
-    dropout: Annotated[Optional[float], typer.Option(rich_help_panel=MODEL)] = None,
-    data: Annotated[Optional[Path], typer.Option(help="a text file or folder (default: the embedded corpus)", rich_help_panel=DATA)] = None,
-    corpus_seed: Annotated[Optional[int], typer.Option(rich_help_panel=DATA)] = None,
-    corpus_bytes: Annotated[Optional[int], typer.Option(rich_help_panel=DATA)] = None,
-    val_fraction: Annotated[Optional[float], typer.Option(rich_help_panel=DATA)] = None,
-    lr: Annotated[Optional[float], typer.Option(rich_help_panel=OPTIM)] = None,
-    beta1: Annotated[Optional[float], typer.Option(rich_help_panel=OPTIM)] = None,
-    beta2: Annotated[Optional[float], typer.Option(rich_help_panel=OPTIM)] = None,
-    eps: Annotated[Optional[float], typer.Option(rich_help_panel=OPTIM)] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(rich_help_panel=OPTIM)] = None,
-    precondition_frequency: Annotated[Optional[int], typer.Option(help="refresh every f steps", rich_help_panel=OPTIM)] = None,
-    block_size: Annotated[Optional[int], typer.Option(help="preconditioner block size", rich_help_panel=OPTIM)] = None,
-    shampoo_beta: Annotated[Optional[float], typer.Option(help="factor EMA (SOAP, KL-Shampoo)", rich_help_panel=OPTIM)] = None,
-    max_precond_dim: Annotated[Optional[int], typer.Option(help="longer sides are not rotated", rich_help_panel=OPTIM)] = None,
-    start_preconditioning_step: Annotated[Optional[int], typer.Option(help="Shampoo t0", rich_help_panel=OPTIM)] = None,
-    root_exponent: Annotated[Optional[float], typer.Option(help="Shampoo inverse root", rich_help_panel=OPTIM)] = None,
-    grafting: Annotated[Optional[str], typer.Option(help="Shampoo grafting: adam | none", rich_help_panel=OPTIM)] = None,
-    grafting_beta2: Annotated[Optional[float], typer.Option(rich_help_panel=OPTIM)] = None,
-    eigenvalue_init: Annotated[Optional[float], typer.Option(help="KL-Shampoo c0", rich_help_panel=OPTIM)] = None,
-    normalize_grads: Annotated[Optional[bool], typer.Option("--normalize-grads/--no-normalize-grads", rich_help_panel=OPTIM)] = None,
+    batch_size: Annotated[int | None, typer.Option(rich_help_panel=TRAIN)] = None,
+    eval_every: Annotated[
+        int | None, typer.Option(help="held-out loss every N steps", rich_help_panel=TRAIN)
+    ] = None,
+    eval_batches: Annotated[int | None, typer.Option(rich_help_panel=TRAIN)] = None,
+    warmup_steps: Annotated[int | None, typer.Option(rich_help_panel=TRAIN)] = None,
+    lr_schedule: Annotated[
+        str | None, typer.Option(help="cosine | constant", rich_help_panel=TRAIN)
+    ] = None,
+    min_lr_ratio: Annotated[float | None, typer.Option(rich_help_panel=TRAIN)] = None,
+    grad_clip: Annotated[
+        float | None, typer.Option(help="max grad norm; 0 disables", rich_help_panel=TRAIN)
+    ] = None,
+    torch_threads: Annotated[
+        int | None, typer.Option(help="torch intra-op threads", rich_help_panel=TRAIN)
+    ] = None,
+    telemetry_every: Annotated[
+        int | None, typer.Option(help="host/GPU counters every N steps", rich_help_panel=TRAIN)
+    ] = None,
+    n_layer: Annotated[int | None, typer.Option(rich_help_panel=MODEL)] = None,
+    n_head: Annotated[int | None, typer.Option(rich_help_panel=MODEL)] = None,
+    n_embd: Annotated[int | None, typer.Option(rich_help_panel=MODEL)] = None,
+    context: Annotated[
+        int | None, typer.Option(help="context length in bytes", rich_help_panel=MODEL)
+    ] = None,
+    dropout: Annotated[float | None, typer.Option(rich_help_panel=MODEL)] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="a text file or folder (default: the embedded corpus)", rich_help_panel=DATA
+        ),
+    ] = None,
+    corpus_seed: Annotated[int | None, typer.Option(rich_help_panel=DATA)] = None,
+    corpus_bytes: Annotated[int | None, typer.Option(rich_help_panel=DATA)] = None,
+    val_fraction: Annotated[float | None, typer.Option(rich_help_panel=DATA)] = None,
+    lr: Annotated[float | None, typer.Option(rich_help_panel=OPTIM)] = None,
+    beta1: Annotated[float | None, typer.Option(rich_help_panel=OPTIM)] = None,
+    beta2: Annotated[float | None, typer.Option(rich_help_panel=OPTIM)] = None,
+    eps: Annotated[float | None, typer.Option(rich_help_panel=OPTIM)] = None,
+    weight_decay: Annotated[float | None, typer.Option(rich_help_panel=OPTIM)] = None,
+    precondition_frequency: Annotated[
+        int | None, typer.Option(help="refresh every f steps", rich_help_panel=OPTIM)
+    ] = None,
+    block_size: Annotated[
+        int | None, typer.Option(help="preconditioner block size", rich_help_panel=OPTIM)
+    ] = None,
+    shampoo_beta: Annotated[
+        float | None, typer.Option(help="factor EMA (SOAP, KL-Shampoo)", rich_help_panel=OPTIM)
+    ] = None,
+    max_precond_dim: Annotated[
+        int | None, typer.Option(help="longer sides are not rotated", rich_help_panel=OPTIM)
+    ] = None,
+    start_preconditioning_step: Annotated[
+        int | None, typer.Option(help="Shampoo t0", rich_help_panel=OPTIM)
+    ] = None,
+    root_exponent: Annotated[
+        float | None, typer.Option(help="Shampoo inverse root", rich_help_panel=OPTIM)
+    ] = None,
+    grafting: Annotated[
+        str | None, typer.Option(help="Shampoo grafting: adam | none", rich_help_panel=OPTIM)
+    ] = None,
+    grafting_beta2: Annotated[float | None, typer.Option(rich_help_panel=OPTIM)] = None,
+    eigenvalue_init: Annotated[
+        float | None, typer.Option(help="KL-Shampoo c0", rich_help_panel=OPTIM)
+    ] = None,
+    normalize_grads: Annotated[
+        bool | None,
+        typer.Option("--normalize-grads/--no-normalize-grads", rich_help_panel=OPTIM),
+    ] = None,
 ) -> None:
     """Train the GPT with one optimizer and write a run directory.
 
@@ -99,7 +154,9 @@ def run(
     if config is not None:
         apply_mapping(cfg, load_config_file(config), f"--config: {config}")
     overrides = {
-        "model": dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, context=context, dropout=dropout),
+        "model": dict(
+            n_layer=n_layer, n_head=n_head, n_embd=n_embd, context=context, dropout=dropout
+        ),
         "data": dict(
             path=None if data is None else str(data),
             corpus_seed=corpus_seed,

@@ -158,7 +158,12 @@ def validate(config: RunConfig) -> None:
     need(t.eval_every >= 1, "--eval-every", "a positive integer", t.eval_every)
     need(t.eval_batches >= 1, "--eval-batches", "a positive integer", t.eval_batches)
     need(t.warmup_steps >= 0, "--warmup-steps", "a non-negative integer", t.warmup_steps)
-    need(t.lr_schedule in ("cosine", "constant"), "--lr-schedule", "cosine or constant", t.lr_schedule)
+    need(
+        t.lr_schedule in ("cosine", "constant"),
+        "--lr-schedule",
+        "cosine or constant",
+        t.lr_schedule,
+    )
     need(0.0 <= t.min_lr_ratio <= 1.0, "--min-lr-ratio", "a number in [0, 1]", t.min_lr_ratio)
     need(t.grad_clip >= 0.0, "--grad-clip", "a non-negative number", t.grad_clip)
     need(t.telemetry_every >= 1, "--telemetry-every", "a positive integer", t.telemetry_every)
@@ -180,13 +185,25 @@ def validate(config: RunConfig) -> None:
         need(Path(d.path).exists(), "--data", "an existing text file or folder", d.path)
     for name in ("lr", "eps", "weight_decay", "eigenvalue_init", "root_exponent"):
         value = getattr(o, name)
-        need(value is None or value >= 0, f"--{name.replace('_', '-')}", "a non-negative number", value)
+        need(
+            value is None or value >= 0,
+            f"--{name.replace('_', '-')}",
+            "a non-negative number",
+            value,
+        )
     for name in ("beta1", "beta2", "shampoo_beta", "grafting_beta2"):
         value = getattr(o, name)
-        need(value is None or 0.0 <= value <= 1.0, f"--{name.replace('_', '-')}", "a number in [0, 1]", value)
+        need(
+            value is None or 0.0 <= value <= 1.0,
+            f"--{name.replace('_', '-')}",
+            "a number in [0, 1]",
+            value,
+        )
     for name in ("precondition_frequency", "block_size", "start_preconditioning_step"):
         value = getattr(o, name)
-        need(value is None or value >= 1, f"--{name.replace('_', '-')}", "a positive integer", value)
+        need(
+            value is None or value >= 1, f"--{name.replace('_', '-')}", "a positive integer", value
+        )
     need(o.grafting in (None, "adam", "none"), "--grafting", "adam or none", o.grafting)
 
 
@@ -219,7 +236,9 @@ def load_config_file(path: Path) -> dict[str, Any]:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise UserError(f"--config: {path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+            raise UserError(
+                f"--config: {path}: invalid YAML ({str(exc).splitlines()[0]})"
+            ) from None
         if data is None:
             data = {}
     else:
@@ -258,10 +277,15 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
 
 def apply_mapping(config: RunConfig, data: dict[str, Any], source: str) -> RunConfig:
     """Overlay a parsed config file on ``config``; unknown keys are errors."""
-    hints = {name: typing.get_type_hints(type(getattr(config, name))) for name in ("model", "data", "train", "optim")}
+    hints = {
+        name: typing.get_type_hints(type(getattr(config, name)))
+        for name in ("model", "data", "train", "optim")
+    }
     for section, values in data.items():
         if section not in hints:
-            raise UserError(f"{source}: unknown section {section!r}; expected one of model, data, train, optim")
+            raise UserError(
+                f"{source}: unknown section {section!r}; expected one of model, data, train, optim"
+            )
         if not isinstance(values, dict):
             raise UserError(f"{source}: [{section}] must be a table of keys")
         target = getattr(config, section)

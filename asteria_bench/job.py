@@ -27,10 +27,8 @@ from asteria_bench.train import STEP_METRIC_COLUMNS, StepMetrics, TrainResult, t
 from reports.summary import run_figures, summary_markdown
 from traces.atomic import atomic_write_bytes, atomic_write_text
 from traces.io import TRACE_DIRNAME, read_trace, write_trace
-from traces.perfetto import export_chrome_trace
+from traces.perfetto import PERFETTO_FILENAME, export_chrome_trace
 from traces.schema import RunMetadata
-
-PERFETTO_FILENAME = "trace.perfetto.json"
 
 
 def default_out(config: RunConfig) -> Path:
@@ -83,7 +81,9 @@ def build_metadata(config: RunConfig, result: TrainResult, run_id: str) -> RunMe
 
 
 def write_run(staging: Path, config: RunConfig, result: TrainResult, run_id: str) -> None:
-    atomic_write_text(staging / "config.json", json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+    atomic_write_text(
+        staging / "config.json", json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
+    )
     frame = metrics_frame(result.metrics)
     write_metrics(staging / "metrics.parquet", frame)
     metadata = build_metadata(config, result, run_id)
@@ -122,7 +122,13 @@ def run_job(config: RunConfig, *, out: Path | None, overwrite: bool, quiet: bool
     )
     try:
         with progress:
-            task = progress.add_task("train", total=config.train.steps, name=config.optim.name, loss=float("nan"), step_ms=0.0)
+            task = progress.add_task(
+                "train",
+                total=config.train.steps,
+                name=config.optim.name,
+                loss=float("nan"),
+                step_ms=0.0,
+            )
 
             def on_step(row: StepMetrics) -> None:
                 rows.append(row)
@@ -132,7 +138,10 @@ def run_job(config: RunConfig, *, out: Path | None, overwrite: bool, quiet: bool
         write_run(staging, config, result, out.name)
         if result.stopped_early:
             rundir.mark_incomplete(f"stopped early: {result.stopped_early}")
-            print(f"asteria-bench: run stopped early ({result.stopped_early}); see {staging}", file=sys.stderr)
+            print(
+                f"asteria-bench: run stopped early ({result.stopped_early}); see {staging}",
+                file=sys.stderr,
+            )
             raise SystemExit(1)
     except KeyboardInterrupt:
         rundir.mark_incomplete(f"interrupted after {len(rows)} of {config.train.steps} steps")

@@ -15,7 +15,9 @@ def build_optimizer(
     """``hp`` is ``config.resolved_optimizer``'s output for ``name``."""
     betas = (hp["beta1"], hp["beta2"])
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=hp["lr"], betas=betas, eps=hp["eps"], weight_decay=hp["weight_decay"])
+        return torch.optim.AdamW(
+            params, lr=hp["lr"], betas=betas, eps=hp["eps"], weight_decay=hp["weight_decay"]
+        )
     if name == "soap":
         from runtime.optim.soap import SOAP
 

@@ -10,6 +10,7 @@ trace can never disagree.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -87,7 +88,9 @@ def load_dataset(config: RunConfig) -> ByteDataset:
                 return default_dataset(data.val_fraction)
             from asteria_bench.workload.corpus import generate_corpus
 
-            return ByteDataset.from_bytes(generate_corpus(data.corpus_seed, data.corpus_bytes), data.val_fraction)
+            return ByteDataset.from_bytes(
+                generate_corpus(data.corpus_seed, data.corpus_bytes), data.val_fraction
+            )
         raw = load_text(Path(data.path), context=config.model.context)
         return ByteDataset.from_bytes(raw, data.val_fraction)
     except DataError as exc:
@@ -119,7 +122,9 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
 
 
 @torch.no_grad()
-def evaluate(model: GPT, batches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> float:
+def evaluate(
+    model: GPT, batches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device
+) -> float:
     model.eval()
     total = 0.0
     for x, y in batches:
@@ -130,7 +135,9 @@ def evaluate(model: GPT, batches: list[tuple[torch.Tensor, torch.Tensor]], devic
     return total / len(batches)
 
 
-def _sum_spans(spans: list[Span], start: int, name: str | None = None, category: Category | None = None) -> int:
+def _sum_spans(
+    spans: list[Span], start: int, name: str | None = None, category: Category | None = None
+) -> int:
     total = 0
     for span in spans[start:]:
         if (name is None or span.name == name) and (category is None or span.category == category):
@@ -147,18 +154,35 @@ def train(config: RunConfig, *, progress: ProgressCallback | None = None) -> Tra
     dataset = load_dataset(config)
     torch.manual_seed(t.seed)
     m = config.model
-    model = GPT(GPTConfig(context=m.context, n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, dropout=m.dropout))
+    model = GPT(
+        GPTConfig(
+            context=m.context,
+            n_layer=m.n_layer,
+            n_head=m.n_head,
+            n_embd=m.n_embd,
+            dropout=m.dropout,
+        )
+    )
     model.to(device)
     recorder = Recorder(enabled=True)
     execution = ExecutionConfig(recorder=recorder)
     hp = resolved_optimizer(config.optim)
-    optimizer = build_optimizer(config.optim.name, parameter_groups(model, hp["weight_decay"]), hp, execution)
+    optimizer = build_optimizer(
+        config.optim.name, parameter_groups(model, hp["weight_decay"]), hp, execution
+    )
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     generator = torch.Generator().manual_seed(t.seed)
     eval_set = dataset.eval_batches(t.batch_size, m.context, t.eval_batches)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
+    from runtime.optim.base import BlockedOptimizer
     from runtime.telemetry import TelemetrySampler
+
+    def outer_optimizer_span(step: int) -> Any:
+        # Our optimizers record their own optimizer_step span; others get one here.
+        if isinstance(optimizer, BlockedOptimizer):
+            return contextlib.nullcontext()
+        return recorder.span("optimizer_step", Category.OPTIMIZER, step=step)
 
     metrics: list[StepMetrics] = []
     stopped: str | None = None
@@ -182,7 +206,8 @@ def train(config: RunConfig, *, progress: ProgressCallback | None = None) -> Tra
                         torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
                     sync()
                 opt_start = time.perf_counter_ns()
-                optimizer.step()
+                with outer_optimizer_span(step):
+                    optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 sync()
                 opt_ns = time.perf_counter_ns() - opt_start
@@ -219,7 +244,11 @@ def train(config: RunConfig, *, progress: ProgressCallback | None = None) -> Tra
                 progress(row)
     finally:
         sampler.close()
-    policies = execution.describe() if config.optim.name != "adamw" else {"placement": "device", "staleness": "none"}
+    policies = (
+        execution.describe()
+        if config.optim.name != "adamw"
+        else {"placement": "device", "staleness": "none"}
+    )
     return TrainResult(
         metrics=metrics,
         recorder=recorder,

@@ -71,13 +71,15 @@ def _text(value: Any) -> str:
 
 
 def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                # x86 says "model name"; some ARM kernels say "Model" or "Hardware".
-                if key.strip() in ("model name", "Model", "Hardware") and value.strip():
-                    return value.strip()
+    with (
+        contextlib.suppress(OSError),
+        open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh,
+    ):
+        for line in fh:
+            key, _, value = line.partition(":")
+            # x86 says "model name"; some ARM kernels say "Model" or "Hardware".
+            if key.strip() in ("model name", "Model", "Hardware") and value.strip():
+                return value.strip()
     return platform.processor() or platform.machine() or "unknown"
 
 

@@ -1,0 +1,232 @@
+"""``asteria-bench run``: end to end on a tiny model, and every bad-input path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from asteria_bench.cli import main
+from traces.io import read_trace
+
+TINY = [
+    "--n-layer",
+    "1",
+    "--n-embd",
+    "32",
+    "--n-head",
+    "2",
+    "--context",
+    "16",
+    "--batch-size",
+    "4",
+    "--eval-every",
+    "3",
+    "--eval-batches",
+    "2",
+    "--corpus-bytes",
+    "20000",
+    "--quiet",
+]
+
+
+def run_cli(args: list[str]) -> int:
+    try:
+        main(args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "soap", "shampoo", "kl-shampoo"])
+def test_run_writes_a_complete_run_directory(tmp_path: Path, optimizer: str) -> None:
+    out = tmp_path / "run"
+    rc = run_cli(["run", "--optimizer", optimizer, "--steps", "6", "--out", str(out), *TINY])
+    assert rc == 0
+    assert not (out / "INCOMPLETE").exists()
+    assert not out.with_name("run.incomplete").exists()
+    config = json.loads((out / "config.json").read_text())
+    assert config["optim"]["name"] == optimizer and config["train"]["steps"] == 6
+    metrics = pd.read_parquet(out / "metrics.parquet")
+    assert list(metrics["step"]) == [1, 2, 3, 4, 5, 6]
+    assert metrics["val_loss"].notna().sum() == 2  # steps 3 and 6
+    assert (metrics["step_time_ns"] >= metrics["forward_ns"] + metrics["backward_ns"]).all()
+    trace = read_trace(out)
+    assert trace.metadata.optimizer == optimizer
+    names = set(trace.spans["name"])
+    assert {"step", "forward", "backward", "optimizer_step", "eval"} <= names
+    if optimizer != "adamw":
+        assert {"factor_update", "precondition"} <= names
+        assert trace.spans.loc[trace.spans["name"] == "precondition", "block"].notna().all()
+    events = json.loads((out / "trace" / "trace.perfetto.json").read_text())
+    assert any(
+        e.get("ph") == "X" and e.get("name") == "optimizer_step" for e in events["traceEvents"]
+    )
+    summary = (out / "summary.md").read_text()
+    for figure in (
+        "final validation loss",
+        "median step time",
+        "p99 step time",
+        "visible optimizer overhead",
+    ):
+        assert figure in summary
+
+
+def test_refresh_spans_follow_the_frequency(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    rc = run_cli(
+        [
+            "run",
+            "--optimizer",
+            "soap",
+            "--steps",
+            "7",
+            "--precondition-frequency",
+            "3",
+            "--out",
+            str(out),
+            *TINY,
+        ]
+    )
+    assert rc == 0
+    spans = read_trace(out).spans
+    refresh_steps = sorted(set(spans.loc[spans["name"] == "refresh", "step"]))
+    # SOAP skips its first call, so optimizer call s is update t = s - 1: refresh at t = 3, 6.
+    assert refresh_steps == [4, 7]
+    installs = sorted(set(spans.loc[spans["name"] == "install", "step"]))
+    assert installs == [5]  # the t = 6 refresh is installed at t = 7, after the run ends
+
+
+def test_config_file_and_cli_precedence(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[train]\nsteps = 4\nseed = 3\n[optim]\nname = "adamw"\nlr = 0.01\n')
+    out = tmp_path / "run"
+    assert run_cli(["run", "--config", str(cfg), "--seed", "5", "--out", str(out), *TINY]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["steps"] == 4 and config["train"]["seed"] == 5
+    assert config["optim"]["lr"] == 0.01
+
+
+def test_yaml_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  steps: 3\noptim:\n  name: soap\n")
+    out = tmp_path / "run"
+    assert run_cli(["run", "--config", str(cfg), "--out", str(out), *TINY]) == 0
+    assert len(pd.read_parquet(out / "metrics.parquet")) == 3
+
+
+def test_runs_are_deterministic(tmp_path: Path) -> None:
+    losses = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        assert (
+            run_cli(["run", "--optimizer", "soap", "--steps", "5", "--out", str(out), *TINY]) == 0
+        )
+        losses.append(pd.read_parquet(out / "metrics.parquet")["loss"].tolist())
+    assert losses[0] == losses[1]
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--optimizer", "lion"], "--optimizer"),
+        (["--steps", "-1"], "--steps"),
+        (["--steps", "abc"], "--steps"),
+        (["--data", "/definitely/not/here"], "--data"),
+        (["--config", "/definitely/not/here.toml"], "--config"),
+        (["--device", "tpu"], "--device"),
+        (["--n-embd", "30", "--n-head", "4"], "--n-embd"),
+        (["--beta1", "1.5"], "--beta1"),
+        (["--bogus-option"], "--bogus-option"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], needle: str
+) -> None:
+    out = tmp_path / "run"
+    rc = run_cli(["run", "--out", str(out), *args])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1, err
+    assert needle in err and "Traceback" not in err
+    assert not out.exists() and not out.with_name("run.incomplete").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "needle"),
+    [
+        ("bad.toml", "[train\nsteps = 3", "invalid TOML"),
+        ("bad.yaml", "train: [1, 2", "invalid YAML"),
+        ("unknown.toml", "[train]\nstepz = 3\n", "train.stepz"),
+        ("section.toml", "[trian]\nsteps = 3\n", "trian"),
+        ("type.yaml", "train:\n  steps: many\n", "train.steps"),
+        ("bad.json", "{}", ".toml, .yaml or .yml"),
+    ],
+)
+def test_bad_config_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, text: str, needle: str
+) -> None:
+    cfg = tmp_path / name
+    cfg.write_text(text)
+    rc = run_cli(["run", "--config", str(cfg), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and needle in err and str(cfg) in err
+
+
+def test_unreadable_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_bytes(b"\xff\xfe\x00garbage")
+    assert run_cli(["run", "--config", str(cfg)]) == 2
+    assert "not UTF-8" in capsys.readouterr().err
+
+
+def test_existing_run_is_not_clobbered(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    assert run_cli(["run", "--optimizer", "adamw", "--steps", "2", "--out", str(out), *TINY]) == 0
+    before = (out / "metrics.parquet").read_bytes()
+    assert run_cli(["run", "--optimizer", "adamw", "--steps", "3", "--out", str(out), *TINY]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "metrics.parquet").read_bytes() == before
+    assert (
+        run_cli(
+            ["run", "--optimizer", "adamw", "--steps", "3", "--out", str(out), "--overwrite", *TINY]
+        )
+        == 0
+    )
+    assert len(pd.read_parquet(out / "metrics.parquet")) == 3
+
+
+def test_interrupted_run_is_marked_incomplete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asteria_bench.train as train_module
+
+    real_evaluate = train_module.evaluate
+
+    def interrupt(*args: object, **kwargs: object) -> float:
+        real_evaluate(*args, **kwargs)  # type: ignore[arg-type]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "evaluate", interrupt)
+    out = tmp_path / "run"
+    rc = run_cli(["run", "--optimizer", "soap", "--steps", "6", "--out", str(out), *TINY])
+    assert rc == 130
+    assert not out.exists()
+    staging = out.with_name("run.incomplete")
+    assert "interrupted after" in (staging / "INCOMPLETE").read_text()
+
+
+def test_console_script_entry_point(tmp_path: Path) -> None:
+    """The installed ``asteria-bench`` entry point (through ``python -m``) exits 2 on bad input."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "asteria_bench.cli", "run", "--optimizer", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("asteria-bench: error: --optimizer")
