@@ -92,7 +92,6 @@ class BlockedOptimizer(torch.optim.Optimizer):
                 self._param_blocks[index] = blocks
                 self.blocks.extend(blocks)
                 index += 1
-        self._block_device = {b.id: None for b in self.blocks}
         global _warned_tf32
         message = check_fp32_matmul_precision()
         if message and not _warned_tf32:
@@ -167,7 +166,6 @@ class BlockedOptimizer(torch.optim.Optimizer):
                     self._init_block(block, gb, group) if block.is_matrix else init_adamw_state(gb)
                 )
                 self.store.put(block.id, state)
-                self._block_device[block.id] = p.device
             if self.skips_first_call:
                 return
         pstate["step"] += 1
@@ -200,6 +198,9 @@ class BlockedOptimizer(torch.optim.Optimizer):
                 detail=f"v{item.version}",
             ):
                 self._install(block, state, item.result)
+            self._recorder.counter(
+                "staleness", t - item.version, step=self._calls, key=block.id
+            )
 
     def _span(self, name: str, block: Block) -> Any:
         if self._trace_blocks:
