@@ -153,7 +153,7 @@ def run(
     cfg = RunConfig()
     if config is not None:
         apply_mapping(cfg, load_config_file(config), f"--config: {config}")
-    overrides = {
+    overrides: dict[str, dict[str, object]] = {
         "model": dict(
             n_layer=n_layer, n_head=n_head, n_embd=n_embd, context=context, dropout=dropout
         ),
@@ -209,7 +209,7 @@ def _click_classes(name: str) -> tuple[type[BaseException], ...]:
     """The class ``name`` from click and from typer's vendored click (typer >= 0.20)."""
     modules = [click.exceptions]
     try:
-        import typer._click.exceptions as vendored  # type: ignore[import-not-found]
+        import typer._click.exceptions as vendored
 
         modules.append(vendored)
     except ImportError:
@@ -230,7 +230,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"asteria-bench: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except _NO_ARGS_IS_HELP as exc:
-        print(exc.ctx.get_help() if exc.ctx else "", file=sys.stderr)
+        ctx = getattr(exc, "ctx", None)
+        print(ctx.get_help() if ctx else "", file=sys.stderr)
         sys.exit(2)
     except _USAGE_ERROR as exc:
         message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]

@@ -190,7 +190,7 @@ def train(config: RunConfig, *, progress: ProgressCallback | None = None) -> Tra
     try:
         for step in range(1, t.steps + 1):
             scale = lr_multiplier(step - 1, config)
-            for group, base in zip(optimizer.param_groups, base_lrs):
+            for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
                 group["lr"] = base * scale
             x, y = dataset.batch("train", t.batch_size, m.context, generator)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)

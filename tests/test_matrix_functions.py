@@ -40,7 +40,9 @@ def oracle_inverse_root(a: np.ndarray, root: float, eps: float) -> np.ndarray:
     root=st.sampled_from([1.0, 2.0, 4.0]),
     eps=st.sampled_from([1e-12, 1e-6, 1e-2]),
 )
-def test_inverse_root_matches_float64_oracle(n: int, rank: int, seed: int, root: float, eps: float) -> None:
+def test_inverse_root_matches_float64_oracle(
+    n: int, rank: int, seed: int, root: float, eps: float
+) -> None:
     # With a rank-deficient A and a tiny ε the result is dominated by round-off in
     # the null space (condition number ~1/ε); that case is not a test of the code.
     assume(rank >= n or eps >= 1e-6)
@@ -115,7 +117,9 @@ def test_sort_basis_orders_by_estimated_eigenvalue() -> None:
 def test_qr_refresh_converges_to_the_eigenbasis() -> None:
     """Repeated warm-started refreshes are orthogonal iteration: they find the eigenvectors."""
     a = random_psd(6, 6, 5) + torch.diag(torch.arange(6, dtype=torch.float64) * 10)
-    q = torch.linalg.qr(torch.randn(6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64))[0]
+    q = torch.linalg.qr(
+        torch.randn(6, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    )[0]
     for _ in range(300):
         q = qr_refresh(a, q)
     assert torch.allclose(q.T @ q, torch.eye(6, dtype=torch.float64), atol=1e-10)

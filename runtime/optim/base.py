@@ -117,7 +117,7 @@ class BlockedOptimizer(torch.optim.Optimizer):
     def _install(self, block: Block, state: Any, result: Any) -> None:
         raise NotImplementedError
 
-    def _fallback_hyperparameters(self, group: dict[str, Any]) -> dict[str, float]:
+    def _fallback_hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
         """β1, β2, ε, weight decay of the AdamW fallback for this group."""
         raise NotImplementedError
 
@@ -147,7 +147,9 @@ class BlockedOptimizer(torch.optim.Optimizer):
 
     # ---------------------------------------------------------- internals
     def _step_param(self, p: torch.Tensor, group: dict[str, Any]) -> None:
-        if p.grad.is_sparse:
+        grad = p.grad
+        assert grad is not None
+        if grad.is_sparse:
             raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
         if not p.is_contiguous():
             raise RuntimeError(f"{type(self).__name__} needs contiguous parameters")
@@ -156,7 +158,7 @@ class BlockedOptimizer(torch.optim.Optimizer):
         pstate = self.state[p]
         dtype = state_dtype(p)
         w2 = matrix_view(p, blocks[0])
-        g2 = matrix_view(p.grad, blocks[0]).to(dtype)
+        g2 = matrix_view(grad, blocks[0]).to(dtype)
         first_call = "step" not in pstate
         if first_call:
             pstate["step"] = 0
@@ -198,9 +200,7 @@ class BlockedOptimizer(torch.optim.Optimizer):
                 detail=f"v{item.version}",
             ):
                 self._install(block, state, item.result)
-            self._recorder.counter(
-                "staleness", t - item.version, step=self._calls, key=block.id
-            )
+            self._recorder.counter("staleness", t - item.version, step=self._calls, key=block.id)
 
     def _span(self, name: str, block: Block) -> Any:
         if self._trace_blocks:

@@ -114,7 +114,7 @@ class KLShampoo(BlockedOptimizer):
         )
         super().__init__(params, defaults, execution=execution)
 
-    def _fallback_hyperparameters(self, group: dict[str, Any]) -> dict[str, float]:
+    def _fallback_hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
         beta1, beta2 = group["betas"]
         return dict(beta1=beta1, beta2=beta2, eps=1e-8, weight_decay=group["weight_decay"])
 

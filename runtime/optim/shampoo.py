@@ -134,7 +134,7 @@ class Shampoo(BlockedOptimizer):
         )
         super().__init__(params, defaults, execution=execution)
 
-    def _fallback_hyperparameters(self, group: dict[str, Any]) -> dict[str, float]:
+    def _fallback_hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
         return dict(
             beta1=group["betas"][0],
             beta2=group["grafting_beta2"],
@@ -145,12 +145,12 @@ class Shampoo(BlockedOptimizer):
 
     def _init_block(self, block: Block, g: torch.Tensor, group: dict[str, Any]) -> ShampooState:
         a, b = g.shape
-        opts = dict(dtype=g.dtype, device=g.device)
+        dtype, device = g.dtype, g.device
         return ShampooState(
-            L=torch.zeros(a, a, **opts),
-            R=torch.zeros(b, b, **opts),
-            L_root=torch.eye(a, **opts),
-            R_root=torch.eye(b, **opts),
+            L=torch.zeros(a, a, dtype=dtype, device=device),
+            R=torch.zeros(b, b, dtype=dtype, device=device),
+            L_root=torch.eye(a, dtype=dtype, device=device),
+            R_root=torch.eye(b, dtype=dtype, device=device),
             M=torch.zeros_like(g),
             V=torch.zeros_like(g) if group["grafting"] == "adam" else None,
             root_failures=torch.zeros((), dtype=torch.int64, device=g.device),
@@ -171,6 +171,7 @@ class Shampoo(BlockedOptimizer):
         t: int,
     ) -> None:
         assert state.L is not None and state.R is not None and state.M is not None
+        assert state.L_root is not None and state.R_root is not None
         beta1, beta2 = group["betas"]
         with self._span("factor_update", block):
             weight = 1.0 - beta2 if beta2 < 1.0 else 1.0

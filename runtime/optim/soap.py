@@ -147,7 +147,7 @@ class SOAP(BlockedOptimizer):
         )
         super().__init__(params, defaults, execution=execution)
 
-    def _fallback_hyperparameters(self, group: dict[str, Any]) -> dict[str, float]:
+    def _fallback_hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
         beta1, beta2 = group["betas"]
         return dict(
             beta1=beta1,

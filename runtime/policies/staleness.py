@@ -17,7 +17,10 @@ from typing import Protocol, runtime_checkable
 class StalenessPolicy(Protocol):
     """Decides the install step of a refresh; pure and deterministic."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """The policy as spelled on the command line (``sync``, ``bounded:4``)."""
+        ...
 
     def install_step(self, block: str, version: int, reference_tau: int) -> int:
         """The step at whose boundary the result of ``version`` must be in use.
