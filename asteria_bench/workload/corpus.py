@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import hashlib
 from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 __all__ = ["DEFAULT_CORPUS_BYTES", "DEFAULT_CORPUS_SEED", "corpus_digest", "generate_corpus"]
@@ -85,7 +86,7 @@ class _SplitMix64:
     def chance(self, numerator: int, denominator: int) -> bool:
         return self.below(denominator) < numerator
 
-    def pick(self, items: tuple[str, ...]) -> str:
+    def pick(self, items: Sequence[str]) -> str:
         return items[self.below(len(items))]
 
     def zipf(self, items: tuple[str, ...], cumulative: tuple[int, ...]) -> str:
@@ -239,7 +240,7 @@ class _DocumentWriter:
             if key not in keys and key not in _RESERVED:
                 keys.append(key)
         values = [str(rng.below(1000)) for _ in keys]
-        head = "let " + ", ".join(f"{k} = {v}" for k, v in zip(keys, values)) + "."
+        head = "let " + ", ".join(f"{k} = {v}" for k, v in zip(keys, values, strict=True)) + "."
         order = list(range(len(keys)))
         for i in range(len(order) - 1, 0, -1):
             j = rng.below(i + 1)
