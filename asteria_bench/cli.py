@@ -29,6 +29,7 @@ MODEL = "Model"
 TRAIN = "Training"
 OPTIM = "Optimizer hyperparameters (unset: the optimizer's preset for this workload)"
 DATA = "Data"
+RUNTIME = "Runtime: asynchronous refreshes"
 
 
 @app.callback()
@@ -133,6 +134,30 @@ def run(
     eigenvalue_init: Annotated[
         float | None, typer.Option(help="KL-Shampoo c0", rich_help_panel=OPTIM)
     ] = None,
+    staleness: Annotated[
+        str | None,
+        typer.Option(help="sync | bounded:TAU | adaptive:TAU_MAX", rich_help_panel=RUNTIME),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="refresh worker threads (asynchronous policies)", rich_help_panel=RUNTIME
+        ),
+    ] = None,
+    root_device: Annotated[
+        str | None,
+        typer.Option(
+            help="host | device: where asynchronous refreshes compute", rich_help_panel=RUNTIME
+        ),
+    ] = None,
+    stagger: Annotated[
+        bool | None,
+        typer.Option(
+            "--stagger/--no-stagger",
+            help="spread blocks' refreshes over steps (default: on when asynchronous)",
+            rich_help_panel=RUNTIME,
+        ),
+    ] = None,
     normalize_grads: Annotated[
         bool | None,
         typer.Option("--normalize-grads/--no-normalize-grads", rich_help_panel=OPTIM),
@@ -196,6 +221,9 @@ def run(
             normalize_grads=normalize_grads,
         ),
     }
+    overrides["runtime"] = dict(
+        staleness=staleness, workers=workers, root_device=root_device, stagger=stagger
+    )
     for section, values in overrides.items():
         target = getattr(cfg, section)
         for key, value in values.items():

@@ -2,7 +2,7 @@
 
 Precedence is defaults < ``--config FILE`` < command-line options. A config
 file mirrors the sections below (``[model]``, ``[data]``, ``[train]``,
-``[optim]``); any unknown key or mistyped value is an error naming the file and
+``[optim]``, ``[runtime]``); any unknown key or mistyped value is an error naming the file and
 the key. Optimizer hyperparameters left unset take the per-optimizer preset for
 this workload (``OPTIMIZER_PRESETS``), which ``resolved_optimizer`` makes
 explicit so that ``config.json`` records every value actually used.
@@ -20,6 +20,7 @@ from typing import Any
 
 from asteria_bench.errors import UserError
 
+SECTIONS = ("model", "data", "train", "optim", "runtime")
 OPTIMIZERS = ("adamw", "shampoo", "soap", "kl-shampoo")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -58,6 +59,16 @@ class TrainSection:
 
 
 @dataclass
+class RuntimeSection:
+    """How refreshes execute (ALGORITHMS.md §6); the default is the sync reference."""
+
+    staleness: str = "sync"  # sync | bounded:TAU | adaptive:TAU_MAX
+    workers: int = 1
+    root_device: str = "host"  # host | device
+    stagger: bool | None = None  # None: on for asynchronous policies, off for sync
+
+
+@dataclass
 class OptimSection:
     """Every optimizer hyperparameter; None means the preset for the chosen optimizer."""
 
@@ -85,6 +96,7 @@ class RunConfig:
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
     optim: OptimSection = field(default_factory=OptimSection)
+    runtime: RuntimeSection = field(default_factory=RuntimeSection)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -205,6 +217,15 @@ def validate(config: RunConfig) -> None:
             value is None or value >= 1, f"--{name.replace('_', '-')}", "a positive integer", value
         )
     need(o.grafting in (None, "adam", "none"), "--grafting", "adam or none", o.grafting)
+    r = config.runtime
+    try:
+        from runtime.policies.staleness import parse_staleness
+
+        parse_staleness(r.staleness)
+    except ValueError:
+        need(False, "--staleness", "sync, bounded:TAU or adaptive:TAU_MAX", r.staleness)
+    need(r.workers >= 1, "--workers", "a positive integer", r.workers)
+    need(r.root_device in ("host", "device"), "--root-device", "host or device", r.root_device)
 
 
 # ----------------------------------------------------------------- config files

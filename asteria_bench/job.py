@@ -49,6 +49,7 @@ def metrics_frame(rows: list[StepMetrics]) -> pd.DataFrame:
             "backward_ns": "int64",
             "optimizer_ns": "int64",
             "refresh_ns": "int64",
+            "wait_ns": "int64",
             "optimizer_state_bytes": "int64",
         }
     )
@@ -80,6 +81,13 @@ def build_metadata(config: RunConfig, result: TrainResult, run_id: str) -> RunMe
     )
 
 
+def staleness_figures(result: TrainResult) -> tuple[float, float, int] | None:
+    taus = [c.value for c in result.recorder.counters if c.name == "staleness"]
+    if not taus:
+        return None
+    return (sum(taus) / len(taus), max(taus), len(taus))
+
+
 def write_run(staging: Path, config: RunConfig, result: TrainResult, run_id: str) -> None:
     atomic_write_text(
         staging / "config.json", json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
@@ -100,6 +108,7 @@ def write_run(staging: Path, config: RunConfig, result: TrainResult, run_id: str
             model=result.model_shape,
             policies=result.policies,
             note=note,
+            staleness=staleness_figures(result),
         )
         atomic_write_text(staging / "summary.md", text)
 

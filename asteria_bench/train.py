@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ STEP_METRIC_COLUMNS = (
     "backward_ns",
     "optimizer_ns",
     "refresh_ns",
+    "wait_ns",
     "optimizer_state_bytes",
 )
 
@@ -54,6 +56,7 @@ class StepMetrics:
     backward_ns: int
     optimizer_ns: int
     refresh_ns: int
+    wait_ns: int
     optimizer_state_bytes: int
 
 
@@ -136,13 +139,37 @@ def evaluate(
 
 
 def _sum_spans(
-    spans: list[Span], start: int, name: str | None = None, category: Category | None = None
+    spans: list[Span],
+    start: int,
+    name: str | None = None,
+    category: Category | None = None,
+    track: str | None = None,
 ) -> int:
+    """Total duration of the matching spans recorded since index ``start``."""
     total = 0
     for span in spans[start:]:
-        if (name is None or span.name == name) and (category is None or span.category == category):
+        if (
+            (name is None or span.name == name)
+            and (category is None or span.category == category)
+            and (track is None or span.track == track)
+        ):
             total += span.end_ns - span.start_ns
     return total
+
+
+def execution_config(config: RunConfig, recorder: Recorder) -> ExecutionConfig:
+    from runtime.policies.staleness import parse_staleness
+
+    r = config.runtime
+    staleness = parse_staleness(r.staleness)
+    stagger = staleness.asynchronous if r.stagger is None else r.stagger
+    return ExecutionConfig(
+        staleness=staleness,
+        workers=r.workers,
+        root_device=r.root_device,
+        stagger=stagger,
+        recorder=recorder,
+    )
 
 
 def train(config: RunConfig, *, progress: ProgressCallback | None = None) -> TrainResult:
@@ -165,7 +192,7 @@ def train(config: RunConfig, *, progress: ProgressCallback | None = None) -> Tra
     )
     model.to(device)
     recorder = Recorder(enabled=True)
-    execution = ExecutionConfig(recorder=recorder)
+    execution = execution_config(config, recorder)
     hp = resolved_optimizer(config.optim)
     optimizer = build_optimizer(
         config.optim.name, parameter_groups(model, hp["weight_decay"]), hp, execution
@@ -185,6 +212,7 @@ def train(config: RunConfig, *, progress: ProgressCallback | None = None) -> Tra
         return recorder.span("optimizer_step", Category.OPTIMIZER, step=step)
 
     metrics: list[StepMetrics] = []
+    main_track = threading.current_thread().name
     stopped: str | None = None
     sampler = TelemetrySampler(recorder, gpu=device.type == "cuda")
     try:
@@ -236,7 +264,10 @@ def train(config: RunConfig, *, progress: ProgressCallback | None = None) -> Tra
                 forward_ns=_sum_spans(spans, first_span, name="forward"),
                 backward_ns=_sum_spans(spans, first_span, name="backward"),
                 optimizer_ns=opt_ns,
-                refresh_ns=_sum_spans(spans, first_span, category=Category.REFRESH),
+                refresh_ns=_sum_spans(
+                    spans, first_span, category=Category.REFRESH, track=main_track
+                ),
+                wait_ns=_sum_spans(spans, first_span, category=Category.WAIT, track=main_track),
                 optimizer_state_bytes=state_bytes,
             )
             metrics.append(row)
@@ -244,6 +275,9 @@ def train(config: RunConfig, *, progress: ProgressCallback | None = None) -> Tra
                 progress(row)
     finally:
         sampler.close()
+        close = getattr(optimizer, "close", None)
+        if close is not None:
+            close()
     policies = (
         execution.describe()
         if config.optim.name != "adamw"

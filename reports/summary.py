@@ -27,6 +27,8 @@ class RunFigures:
     mean_optimizer_ms: float
     mean_compute_ms: float
     total_refresh_ms: float
+    total_wait_ms: float
+    steps_with_wait: int
     optimizer_state_bytes: int
 
     @property
@@ -60,6 +62,8 @@ def run_figures(metrics: pd.DataFrame) -> RunFigures:
         mean_optimizer_ms=float(opt.mean()),
         mean_compute_ms=float(compute.mean()),
         total_refresh_ms=float(metrics["refresh_ns"].sum() * ms),
+        total_wait_ms=float(metrics["wait_ns"].sum() * ms) if "wait_ns" in metrics else 0.0,
+        steps_with_wait=int((metrics["wait_ns"] > 0).sum()) if "wait_ns" in metrics else 0,
         optimizer_state_bytes=int(metrics["optimizer_state_bytes"].iloc[-1]),
     )
 
@@ -77,7 +81,9 @@ def summary_markdown(
     model: dict[str, int],
     policies: dict[str, str],
     note: str | None = None,
+    staleness: tuple[float, float, int] | None = None,
 ) -> str:
+    """``staleness`` is (mean τ, max τ, installs) over the run's installed refreshes."""
     f = figures
     lines = [
         f"# {title}",
@@ -99,9 +105,16 @@ def summary_markdown(
         f"| median forward+backward | {f.median_compute_ms:.2f} ms |",
         f"| median optimizer step | {f.median_optimizer_ms:.2f} ms |",
         f"| visible optimizer overhead (mean optimizer / mean forward+backward) | {100 * f.visible_overhead:.1f} % |",
-        f"| amortized refresh time, all steps | {f.total_refresh_ms:.1f} ms |",
+        f"| refresh time on the training thread (compute, snapshots, installs) | {f.total_refresh_ms:.1f} ms |",
+        f"| waits for late refreshes | {f.total_wait_ms:.1f} ms in {f.steps_with_wait} steps |",
         f"| optimizer state | {_mib(f.optimizer_state_bytes)} |",
     ]
+    if staleness is not None:
+        mean_tau, max_tau, installs = staleness
+        lines.insert(
+            lines.index("| figure | value |") + 2 + 13,
+            f"| staleness of installed refreshes | mean {mean_tau:.2f}, max {max_tau:.0f} steps ({installs} installs) |",
+        )
     if note:
         lines += ["", note]
     lines += [

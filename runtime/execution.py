@@ -2,10 +2,12 @@
 
 It is the one keyword-only constructor argument through which the runtime's
 features plug into ``Shampoo``, ``SOAP`` and ``KLShampoo``: when refreshes are
-installed (staleness policy) and where their spans go (recorder). The default
-is the synchronous reference with all state on the compute device, so
-``SOAP(params)`` behaves like the published SOAP. None of these settings
-changes the math beyond what the staleness policy defines (ALGORITHMS.md §6).
+installed (staleness policy), who computes them (inline, host worker threads,
+or a low-priority CUDA stream), whether blocks' refreshes are staggered, and
+where spans go (recorder). The default is the synchronous reference with all
+state on the compute device, so ``SOAP(params)`` behaves like the published
+SOAP. Only the staleness policy (and staggering) may change the numbers, and
+only in the way ALGORITHMS.md §6 defines: a refresh applied later.
 """
 
 from __future__ import annotations
@@ -15,20 +17,42 @@ from dataclasses import dataclass, field
 from runtime.policies.staleness import StalenessPolicy, Sync
 from traces.recorder import NULL_RECORDER, Recorder
 
+ROOT_DEVICES = ("host", "device")
+
 
 @dataclass(frozen=True)
 class ExecutionConfig:
     """Runtime-only options; not part of an optimizer's checkpointed hyperparameters.
 
-    ``trace_blocks`` adds a span per block for the factor update and the
-    preconditioning; it costs a few microseconds per block and step when the
-    recorder is enabled, and nothing when it is disabled.
+    - ``workers``: refresh threads for asynchronous policies (ignored by ``Sync``).
+    - ``root_device``: ``host`` computes refreshes on CPU threads (copying the
+      snapshot to host memory when training on a GPU); ``device`` runs them on
+      a low-priority CUDA stream of the training device.
+    - ``stagger``: give block k its refresh at steps where t ≡ k (mod f), so
+      that not every block comes due on the same step. Off by default, which
+      is the references' schedule.
+    - ``trace_blocks``: a span per block for the factor update and the
+      preconditioning (a few µs per block and step when the recorder is on).
     """
 
     staleness: StalenessPolicy = field(default_factory=Sync)
+    workers: int = 1
+    root_device: str = "host"
+    stagger: bool = False
     recorder: Recorder = field(default=NULL_RECORDER, compare=False, repr=False)
     trace_blocks: bool = True
 
+    def __post_init__(self) -> None:
+        if self.workers < 1:
+            raise ValueError(f"workers must be at least 1, got {self.workers}")
+        if self.root_device not in ROOT_DEVICES:
+            raise ValueError(f"root_device must be one of {ROOT_DEVICES}, got {self.root_device!r}")
+
     def describe(self) -> dict[str, str]:
         """Policies as plain strings, for run metadata."""
-        return {"staleness": self.staleness.name, "placement": "device"}
+        out = {"staleness": self.staleness.name, "placement": "device"}
+        if self.staleness.asynchronous:
+            out["workers"] = str(self.workers)
+            out["root_device"] = self.root_device
+        out["stagger"] = "on" if self.stagger else "off"
+        return out

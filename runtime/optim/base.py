@@ -27,6 +27,7 @@ from runtime.matrix_functions import check_fp32_matmul_precision
 from runtime.optim.adamw import AdamWState, adamw_step, init_adamw_state
 from runtime.refresh import RefreshScheduler
 from runtime.state import StateStore
+from runtime.workers import RefreshWorkers
 from traces.schema import Category
 
 _warned_tf32 = False
@@ -79,24 +80,61 @@ class BlockedOptimizer(torch.optim.Optimizer):
         self._recorder = self.execution.recorder
         self._trace_blocks = self.execution.trace_blocks and self._recorder.enabled
         self.store = StateStore()
-        self.scheduler = RefreshScheduler(self.execution.staleness, self._recorder)
+        self.scheduler = self._make_scheduler()
         self._calls = 0
+        self._stagger: dict[str, int] = {}
         self.blocks: list[Block] = []
         self._param_blocks: dict[int, list[Block]] = {}
         self._param_index: dict[int, int] = {}
+        self._params: list[torch.Tensor] = []
         index = 0
         for group in self.param_groups:
             for p in group["params"]:
                 blocks = partition(index, p.shape, group.get("block_size"))
                 self._param_index[id(p)] = index
+                self._params.append(p)
                 self._param_blocks[index] = blocks
                 self.blocks.extend(blocks)
                 index += 1
+        matrix_blocks = [b for b in self.blocks if b.is_matrix]
+        self._stagger = {b.id: ordinal for ordinal, b in enumerate(matrix_blocks)}
         global _warned_tf32
         message = check_fp32_matmul_precision()
         if message and not _warned_tf32:
             warnings.warn(message, stacklevel=2)
             _warned_tf32 = True
+
+    def _make_scheduler(self) -> RefreshScheduler:
+        execution = self.execution
+        if not execution.staleness.asynchronous:
+            return RefreshScheduler(execution.staleness, self._recorder)
+        root_device = None
+        priority = None
+        devices = {p.device.type for g in self.param_groups for p in g["params"]}
+        if execution.root_device == "host":
+            root_device = torch.device("cpu")
+        elif devices != {"cuda"}:
+            raise ValueError("root_device='device' needs parameters on a CUDA device")
+        else:
+            priority = torch.cuda.Stream.priority_range()[0]  # the lowest priority
+        workers = RefreshWorkers(execution.workers, self._recorder, cuda_stream_priority=priority)
+        return RefreshScheduler(
+            execution.staleness, self._recorder, workers=workers, root_device=root_device
+        )
+
+    def close(self) -> None:
+        """Join the refresh workers; the optimizer can still checkpoint, not step."""
+        self.scheduler.close()
+
+    def __del__(self) -> None:
+        scheduler = getattr(self, "scheduler", None)
+        if scheduler is not None:
+            scheduler.close()
+
+    def _refresh_due(self, block: Block, t: int, frequency: int) -> bool:
+        """Every ``frequency`` updates; with staggering, at t ≡ block ordinal (mod f)."""
+        offset = self._stagger[block.id] % frequency if self.execution.stagger else 0
+        return t % frequency == offset
 
     # ----------------------------------------------------------------- hooks
     def _init_block(self, block: Block, g: torch.Tensor, group: dict[str, Any]) -> Any:
@@ -138,6 +176,7 @@ class BlockedOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self._calls += 1
+        self.scheduler.begin_step(self._calls)
         with self._recorder.span("optimizer_step", Category.OPTIMIZER, step=self._calls):
             for group in self.param_groups:
                 for p in group["params"]:
@@ -191,7 +230,8 @@ class BlockedOptimizer(torch.optim.Optimizer):
 
     def _install_due(self, block: Block, state: Any, t: int) -> None:
         """Install every refresh of ``block`` whose install step is ``t``."""
-        for item in self.scheduler.take_due(block.id, t):
+        device = self._device_of(block)
+        for item in self.scheduler.take_due(block.id, t, device):
             with self._recorder.span(
                 "install",
                 Category.REFRESH,
@@ -201,6 +241,9 @@ class BlockedOptimizer(torch.optim.Optimizer):
             ):
                 self._install(block, state, item.result)
             self._recorder.counter("staleness", t - item.version, step=self._calls, key=block.id)
+
+    def _device_of(self, block: Block) -> torch.device:
+        return self._params[block.param_index].device
 
     def _span(self, name: str, block: Block) -> Any:
         if self._trace_blocks:

@@ -178,7 +178,7 @@ class KLShampoo(BlockedOptimizer):
             if group["clamp"]:
                 state.dL.clamp_(min=clamp_floor(a, group["clamp_cap"]))
                 state.dR.clamp_(min=clamp_floor(b, group["clamp_cap"]))
-        if t % group["precondition_frequency"] == 0 and (
+        if self._refresh_due(block, t, group["precondition_frequency"]) and (
             state.QL is not None or state.QR is not None
         ):
             inputs = BasisRefreshInputs(state.L, state.R, state.QL, state.QR)

@@ -156,10 +156,10 @@ class Shampoo(BlockedOptimizer):
             root_failures=torch.zeros((), dtype=torch.int64, device=g.device),
         )
 
-    @staticmethod
-    def _refresh_due(t: int, group: dict[str, Any]) -> bool:
-        t0, f = group["start_preconditioning_step"], group["precondition_frequency"]
-        return t == t0 or (t > t0 and t % f == 0)
+    def _root_due(self, block: Block, t: int, group: dict[str, Any]) -> bool:
+        """At t0, then every f updates after it (staggered per block if asked)."""
+        t0 = group["start_preconditioning_step"]
+        return t == t0 or (t > t0 and self._refresh_due(block, t, group["precondition_frequency"]))
 
     def _block_step(
         self,
@@ -184,7 +184,7 @@ class Shampoo(BlockedOptimizer):
                 beta2g = group["grafting_beta2"]
                 state.V.mul_(beta2g).addcmul_(g, g, value=1.0 - beta2g)
 
-        if self._refresh_due(t, group):
+        if self._root_due(block, t, group):
             c2 = 1.0 - beta2**t if (group["bias_correction"] and beta2 < 1.0) else 1.0
             inputs = ShampooRefreshInputs(
                 state.L, state.R, c2, group["root_exponent"], group["eps"]

@@ -201,7 +201,7 @@ class SOAP(BlockedOptimizer):
                 state.L.lerp_(g @ g.T, ws)
             if state.R is not None:
                 state.R.lerp_(g.T @ g, ws)
-        if t % group["precondition_frequency"] == 0 and (
+        if self._refresh_due(block, t, group["precondition_frequency"]) and (
             state.QL is not None or state.QR is not None
         ):
             inputs = BasisRefreshInputs(state.L, state.R, state.QL, state.QR)

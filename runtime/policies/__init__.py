@@ -5,6 +5,13 @@ the same decisions on simulated resources; a policy is written once. Nothing
 here may import torch (a test checks it).
 """
 
-from runtime.policies.staleness import StalenessPolicy, Sync, parse_staleness
+from runtime.policies.staleness import (
+    Adaptive,
+    Bounded,
+    Replay,
+    StalenessPolicy,
+    Sync,
+    parse_staleness,
+)
 
-__all__ = ["StalenessPolicy", "Sync", "parse_staleness"]
+__all__ = ["Adaptive", "Bounded", "Replay", "StalenessPolicy", "Sync", "parse_staleness"]
