@@ -116,7 +116,8 @@ class BlockedOptimizer(torch.optim.Optimizer):
         elif devices != {"cuda"}:
             raise ValueError("root_device='device' needs parameters on a CUDA device")
         else:
-            priority = torch.cuda.Stream.priority_range()[0]  # the lowest priority
+            # (least, greatest): numerically larger is lower priority
+            priority = torch.cuda.Stream.priority_range()[0]  # type: ignore[call-arg]
         workers = RefreshWorkers(execution.workers, self._recorder, cuda_stream_priority=priority)
         return RefreshScheduler(
             execution.staleness, self._recorder, workers=workers, root_device=root_device
