@@ -1,0 +1,130 @@
+"""The benchmark scripts: their --quick runs print tables whose numbers parse.
+
+Each script runs once in a fresh interpreter, exactly as a user runs it
+(``python benchmarks/<script>.py --quick``); the heavyball table is checked only
+where heavyball is installed, and its absence is checked in-process.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HAVE_HEAVYBALL = importlib.util.find_spec("heavyball") is not None
+
+
+def run_quick(script: str, *args: str) -> str:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--quick", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
+def cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def table(text: str, *first_headers: str) -> list[dict[str, str]]:
+    """The rows of the pipe table whose header begins with ``first_headers``."""
+    lines = text.splitlines()
+    n = len(first_headers)
+    start = next(
+        i
+        for i, line in enumerate(lines)
+        if line.startswith("|") and cells(line)[:n] == [*first_headers]
+    )
+    headers = cells(lines[start])
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(headers, cells(line), strict=True)))
+    assert rows, f"table {first_headers!r} has no rows"
+    return rows
+
+
+def test_bench_step_quick() -> None:
+    out = run_quick("bench_step.py")
+    first = out.splitlines()[0]
+    assert first.startswith("torch ") and "threads 1" in first and "load average" in first
+
+    rows = {r["optimizer"]: r for r in table(out, "optimizer", "hot-path median ms")}
+    assert {"AdamW (torch)", "SOAP", "Shampoo", "KL-Shampoo"} <= rows.keys()
+    assert float(rows["AdamW (torch)"]["ratio vs AdamW"]) == 1.0
+    for name in ("SOAP", "Shampoo", "KL-Shampoo"):
+        row = rows[name]
+        assert float(row["hot-path median ms"]) > 0
+        assert float(row["ratio vs AdamW"]) > 0
+        float(row["refresh ms"])  # a difference of medians: may be slightly negative
+        float(row["amortized per step at f=10 ms"])
+        assert float(row["total ratio vs AdamW"]) > 0
+
+    if HAVE_HEAVYBALL:
+        peers = {r["optimizer"]: r for r in table(out, "optimizer", "ours hot ms")}
+        assert peers.keys() == {"SOAP", "KL-Shampoo"}
+        for row in peers.values():
+            assert float(row["hot ratio ours/heavyball"]) > 0
+            assert float(row["total ratio ours/heavyball"]) > 0
+        assert "heavyball.utils.compile_mode = None" in out
+    else:
+        assert "heavyball: cannot import" in out
+
+
+def test_bench_step_without_heavyball(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks.bench_step import QUICK_MODEL, Bench, heavyball_candidates
+
+    monkeypatch.setitem(sys.modules, "heavyball", None)  # import heavyball now fails
+    candidates, notes = heavyball_candidates(Bench(QUICK_MODEL, seed=0, grad_scale=1e-2), 10)
+    assert candidates == [] and notes == []
+    assert "heavyball: cannot import" in capsys.readouterr().out
+
+
+def test_bench_convergence_quick(tmp_path: Path) -> None:
+    out = run_quick("bench_convergence.py", "--out", str(tmp_path))
+    assert out.splitlines()[0].startswith("torch ")
+
+    sweep = table(out, "optimizer", "lr")
+    assert len(sweep) == 6  # 3 optimizers x 2 learning rates
+    for row in sweep:
+        assert float(row["median step ms"]) > 0
+
+    best = {r["optimizer"]: r for r in table(out, "optimizer", "best lr")}
+    assert best.keys() == {"adamw", "soap", "kl-shampoo"}
+    assert float(best["adamw"]["ratio vs AdamW"]) == 1.0
+    assert float(best["adamw"]["median step time ratio vs AdamW"]) == 1.0
+    for row in best.values():
+        float(row["best lr"])
+        float(row["final val loss"])
+        assert float(row["median step time ratio vs AdamW"]) > 0
+        assert row["ratio vs AdamW"] == "n/a" or float(row["ratio vs AdamW"]) > 0
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert len(summary["runs"]) == 6 and summary["target_val_loss"] > 0
+    header = (tmp_path / "curves.csv").read_text().splitlines()[0]
+    assert header.startswith("optimizer,lr,step,train_loss,val_loss")
+
+
+def test_steps_to_target_interpolates_between_evals(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks.bench_convergence import steps_to_target
+
+    curve = [(10, 4.0), (20, 3.0), (30, 2.0), (40, 2.5)]
+    assert steps_to_target(curve, 2.5) == pytest.approx(25.0)  # halfway from 3.0 to 2.0
+    assert steps_to_target(curve, 3.0) == 20.0  # reached exactly at an eval
+    assert steps_to_target(curve, 5.0) == 10.0  # first eval already below: no interpolation
+    assert steps_to_target(curve, 1.0) is None
+    assert steps_to_target([(10, float("nan")), (20, 1.0)], 2.0) == 20.0
