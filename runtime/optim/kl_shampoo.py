@@ -166,10 +166,10 @@ class KLShampoo(BlockedOptimizer):
             g_hat_sq = rotate_in(g, state.QL, state.QR).square_()
             inv_dL, inv_dR = state.dL.reciprocal(), state.dR.reciprocal()
             if state.L is not None:
-                h = rotate_out(g, None, state.QR) * inv_dR.sqrt()  # G·Q_R·diag(d_R^-1/2)
+                h = rotate_in(g, None, state.QR) * inv_dR.sqrt()  # G·Q_R·diag(d_R^-1/2)
                 state.L.mul_(beta).addmm_(h, h.T, alpha=(1.0 - beta) / b)
             if state.R is not None:
-                k = rotate_out(g.T, None, state.QL) * inv_dL.sqrt()  # Gᵀ·Q_L·diag(d_L^-1/2)
+                k = rotate_in(g.T, None, state.QL) * inv_dL.sqrt()  # Gᵀ·Q_L·diag(d_L^-1/2)
                 state.R.mul_(beta).addmm_(k, k.T, alpha=(1.0 - beta) / a)
             r = (g_hat_sq @ inv_dR) / b
             c = (inv_dL @ g_hat_sq) / a

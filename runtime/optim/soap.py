@@ -152,7 +152,7 @@ class SOAP(BlockedOptimizer):
         return dict(
             beta1=beta1,
             beta2=beta2,
-            eps=group["eps"],
+            eps=1e-8,  # ALGORITHMS.md §1.1: the fallback's ε is 1e-8 whatever SOAP's ε
             weight_decay=group["weight_decay"],
             bias_correction=group["bias_correction"],
         )
