@@ -83,6 +83,7 @@ class BlockedOptimizer(torch.optim.Optimizer):
         self.scheduler = self._make_scheduler()
         self._calls = 0
         self._stagger: dict[str, int] = {}
+        self._active_version: dict[str, int] = {}
         self.blocks: list[Block] = []
         self._param_blocks: dict[int, list[Block]] = {}
         self._param_index: dict[int, int] = {}
@@ -218,6 +219,11 @@ class BlockedOptimizer(torch.optim.Optimizer):
             gb = block_view(g2, block)
             if block.is_matrix:
                 self._block_step(block, state, wb, gb, group, t)
+                if self._recorder.enabled:
+                    age = t - self._active_version.get(block.id, 0)
+                    self._recorder.counter(
+                        "preconditioner_age", age, step=self._calls, key=block.id
+                    )
             else:
                 hp = self._fallback_hyperparameters(group)
                 adamw_step(wb, gb, state, step=t, lr=group["lr"], **hp)
@@ -242,6 +248,7 @@ class BlockedOptimizer(torch.optim.Optimizer):
             ):
                 self._install(block, state, item.result)
             self._recorder.counter("staleness", t - item.version, step=self._calls, key=block.id)
+            self._active_version[block.id] = item.version
 
     def _device_of(self, block: Block) -> torch.device:
         return self._params[block.param_index].device
@@ -262,6 +269,7 @@ class BlockedOptimizer(torch.optim.Optimizer):
         out["blocks"] = self.store.state_dict()
         out["pending_refreshes"] = self.scheduler.state_dict()
         out["optimizer_calls"] = self._calls
+        out["active_versions"] = dict(self._active_version)
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -269,6 +277,9 @@ class BlockedOptimizer(torch.optim.Optimizer):
         blocks = state_dict.pop("blocks", {})
         pending = state_dict.pop("pending_refreshes", [])
         calls = state_dict.pop("optimizer_calls", 0)
+        self._active_version = {
+            str(k): int(v) for k, v in state_dict.pop("active_versions", {}).items()
+        }
         super().load_state_dict(state_dict)
         params = [p for g in self.param_groups for p in g["params"]]
         devices = {b.id: params[b.param_index].device for b in self.blocks}
