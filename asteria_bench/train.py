@@ -64,7 +64,7 @@ class StepMetrics:
 class TrainResult:
     metrics: list[StepMetrics]
     recorder: Recorder
-    model_shape: dict[str, int]
+    model_shape: dict[str, Any]
     hyperparameters: dict[str, Any]
     policies: dict[str, str]
     device: str
@@ -155,6 +155,15 @@ def _sum_spans(
         ):
             total += span.end_ns - span.start_ns
     return total
+
+
+def model_description(model: GPT, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The model's shape plus every optimizer block's (rows, cols), for the simulator."""
+    description: dict[str, Any] = dict(model.shape_summary())
+    blocks = getattr(optimizer, "blocks", None)
+    if blocks is not None:
+        description["blocks"] = {b.id: list(b.shape) for b in blocks if b.is_matrix}
+    return description
 
 
 def execution_config(config: RunConfig, recorder: Recorder) -> ExecutionConfig:
@@ -286,7 +295,7 @@ def train(config: RunConfig, *, progress: ProgressCallback | None = None) -> Tra
     return TrainResult(
         metrics=metrics,
         recorder=recorder,
-        model_shape=model.shape_summary(),
+        model_shape=model_description(model, optimizer),
         hyperparameters=hp,
         policies=policies,
         device=str(device),

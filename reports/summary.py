@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -78,7 +79,7 @@ def summary_markdown(
     title: str,
     optimizer: str,
     device: str,
-    model: dict[str, int],
+    model: dict[str, Any],
     policies: dict[str, str],
     note: str | None = None,
     staleness: tuple[float, float, int] | None = None,
