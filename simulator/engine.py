@@ -1,0 +1,265 @@
+"""The discrete-event model of a training run (SimPy; time unit: integer nanoseconds).
+
+Actors, each one generator that reads like what it models:
+
+- ``training``: the training thread. Per step: forward, backward, then the
+  optimizer walks its blocks in the runtime's order, installing due refreshes
+  (waiting for late ones), running the hot path, and submitting refresh jobs
+  when they come due, inline under a synchronous policy or to the worker pool.
+- ``worker``: a refresh worker taking jobs from ``host_workers`` (a queue).
+
+The staleness policy is the runtime's own object (``runtime.policies``): the
+same ``install_step`` decides here what it decides on real tensors. The
+simulated run is written with a ``traces.Recorder`` whose clock is SimPy's, so
+it is a trace in the same schema as a measured one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import simpy
+
+from runtime.policies.staleness import StalenessPolicy, Sync
+from simulator.workload import BlockCost, WorkloadModel
+from traces.recorder import Recorder
+from traces.schema import Category
+
+TRAINING_TRACK = "MainThread"
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    steps: int
+    staleness: StalenessPolicy = field(default_factory=Sync)
+    workers: int = 1
+    stagger: bool = False
+    worker_speed: float = 1.0  # >1: jobs run faster than measured (e.g. more cores per job)
+
+
+@dataclass
+class SimResult:
+    step_ns: np.ndarray  # per step, simulated
+    compute_ns: np.ndarray  # forward + backward
+    optimizer_ns: np.ndarray
+    wait_ns: np.ndarray
+    recorder: Recorder
+
+
+@dataclass
+class _Job:
+    block: BlockCost
+    version: int
+    install_step: int
+    done: simpy.Event
+    duration_ns: int
+
+
+def refresh_due(model: WorkloadModel, ordinal: int, t: int, stagger: bool) -> bool:
+    """The runtime's due rule (``BlockedOptimizer._refresh_due`` and Shampoo's t0)."""
+    f = model.precondition_frequency
+    offset = ordinal % f if stagger else 0
+    periodic = t % f == offset
+    if model.optimizer == "shampoo":
+        t0 = model.start_preconditioning_step
+        return t == t0 or (t > t0 and periodic)
+    return periodic
+
+
+def simulate(
+    model: WorkloadModel, config: SimConfig, recorder: Recorder | None = None
+) -> SimResult:
+    env = simpy.Environment()
+    rec = recorder if recorder is not None else Recorder(clock=lambda: int(env.now))
+    if recorder is not None:
+        rec.clock = lambda: int(env.now)
+    policy = config.staleness
+    host_workers: simpy.Store = simpy.Store(env)
+    pending: dict[str, list[_Job]] = {b.id: [] for b in model.blocks}
+    steps = config.steps
+    step_ns = np.zeros(steps, dtype=np.int64)
+    compute_ns = np.zeros(steps, dtype=np.int64)
+    optimizer_ns = np.zeros(steps, dtype=np.int64)
+    wait_ns = np.zeros(steps, dtype=np.int64)
+    last_step_ns = [0.0]
+
+    def timed(
+        name: str,
+        category: Category,
+        duration: int,
+        step: int,
+        block: str | None = None,
+        detail: str | None = None,
+    ) -> Any:
+        start = int(env.now)
+        yield env.timeout(duration)
+        rec.add_span(
+            name,
+            category,
+            start,
+            int(env.now),
+            step=step,
+            block=block,
+            track=TRAINING_TRACK,
+            detail=detail,
+        )
+
+    def worker(index: int) -> Any:
+        track = f"refresh-worker_{index}"
+        while True:
+            job: _Job = yield host_workers.get()
+            start = int(env.now)
+            yield env.timeout(job.duration_ns)
+            rec.add_span(
+                "refresh",
+                Category.REFRESH,
+                start,
+                int(env.now),
+                block=job.block.id,
+                detail=f"v{job.version}",
+                track=track,
+            )
+            observe = getattr(policy, "observe", None)
+            if observe is not None:
+                observe(job.block.id, job.duration_ns, last_step_ns[0])
+            job.done.succeed()
+
+    def submit(block: BlockCost, version: int, step: int) -> Any:
+        install = policy.install_step(block.id, version, model.reference_tau)
+        done = env.event()
+        if policy.asynchronous:
+            yield from timed(
+                "snapshot", Category.REFRESH, block.snapshot_ns, step, block.id, f"v{version}"
+            )
+            duration = int(block.refresh_ns / config.worker_speed)
+            pending[block.id].append(_Job(block, version, install, done, duration))
+            yield host_workers.put(pending[block.id][-1])
+        else:
+            yield from timed(
+                "refresh", Category.REFRESH, block.refresh_ns, step, block.id, f"v{version}"
+            )
+            done.succeed()
+            pending[block.id].append(_Job(block, version, install, done, block.refresh_ns))
+
+    def install_due(block: BlockCost, t: int, step: int, index: int) -> Any:
+        queue = pending[block.id]
+        while queue and queue[0].install_step <= t:
+            job = queue.pop(0)
+            if not job.done.triggered:
+                start = int(env.now)
+                yield job.done
+                wait_ns[index] += int(env.now) - start
+                rec.add_span(
+                    "wait_refresh",
+                    Category.WAIT,
+                    start,
+                    int(env.now),
+                    step=step,
+                    block=block.id,
+                    track=TRAINING_TRACK,
+                )
+            yield from timed(
+                "install", Category.REFRESH, block.install_ns, step, block.id, f"v{job.version}"
+            )
+            rec.counter("staleness", t - job.version, step=step, key=block.id)
+
+    def training() -> Any:
+        updates = 0
+        for index in range(steps):
+            step = index + 1
+            begin = int(env.now)
+            if step == 1 and model.step.first_step_ns and model.skips_first_call:
+                yield from timed("step", Category.STEP, model.step.first_step_ns, step)
+                step_ns[index] = int(env.now) - begin
+                continue
+            yield from timed("forward", Category.COMPUTE, model.step.forward_ns, step)
+            yield from timed("backward", Category.COMPUTE, model.step.backward_ns, step)
+            compute_ns[index] = model.step.forward_ns + model.step.backward_ns
+            opt_begin = int(env.now)
+            updates += 1
+            t = updates
+            for ordinal, block in enumerate(model.blocks):
+                due = refresh_due(model, ordinal, t, config.stagger)
+                if (
+                    model.reference_tau == 0
+                ):  # Shampoo: roots inside the step, before preconditioning
+                    if due:
+                        yield from submit(block, t, step)
+                    yield from install_due(block, t, step, index)
+                    yield from timed(
+                        "precondition", Category.OPTIMIZER, block.hot_ns, step, block.id
+                    )
+                else:
+                    yield from install_due(block, t, step, index)
+                    yield from timed(
+                        "precondition", Category.OPTIMIZER, block.hot_ns, step, block.id
+                    )
+                    if due:
+                        yield from submit(block, t, step)
+            yield env.timeout(model.step.optimizer_other_ns)
+            rec.add_span(
+                "optimizer_step",
+                Category.OPTIMIZER,
+                opt_begin,
+                int(env.now),
+                step=step,
+                track=TRAINING_TRACK,
+            )
+            optimizer_ns[index] = int(env.now) - opt_begin
+            yield env.timeout(model.step.loop_other_ns)
+            rec.add_span(
+                "step", Category.STEP, begin, int(env.now), step=step, track=TRAINING_TRACK
+            )
+            step_ns[index] = int(env.now) - begin
+            last_step_ns[0] = float(step_ns[index])
+
+    if policy.asynchronous:
+        for i in range(config.workers):
+            env.process(worker(i))
+    done = env.process(training())
+    env.run(until=done)
+    return SimResult(step_ns, compute_ns, optimizer_ns, wait_ns, rec)
+
+
+def fast_sync_step_ns(model: WorkloadModel, steps: int, stagger: bool = False) -> np.ndarray:
+    """Vectorized step times of a synchronous run: the event model's cross-check.
+
+    Under a synchronous policy nothing overlaps, so a step is the sum of its
+    parts; refresh and install costs land on the steps the due rule picks.
+    """
+    n_blocks = len(model.blocks)
+    index = np.arange(steps)
+    step_numbers = index + 1
+    offset = 1 if (model.skips_first_call and model.step.first_step_ns) else 0
+    t = step_numbers - offset
+    base = (
+        model.step.forward_ns
+        + model.step.backward_ns
+        + model.step.optimizer_other_ns
+        + model.step.loop_other_ns
+        + model.hot_ns
+    )
+    out = np.full(steps, base, dtype=np.int64)
+    refresh = np.array([b.refresh_ns for b in model.blocks], dtype=np.int64)
+    install = np.array([b.install_ns for b in model.blocks], dtype=np.int64)
+    f = model.precondition_frequency
+    offsets = (np.arange(n_blocks) % f) if stagger else np.zeros(n_blocks, dtype=np.int64)
+    due = (t[:, None] % f) == offsets[None, :]
+    if model.optimizer == "shampoo":
+        t0 = model.start_preconditioning_step
+        due = (t[:, None] == t0) | ((t[:, None] > t0) & due)
+    due &= t[:, None] >= 1
+    out += due.astype(np.int64) @ refresh
+    installed = np.zeros_like(due)
+    tau = model.reference_tau
+    if tau == 0:
+        installed = due
+    else:
+        installed[tau:] = due[:-tau]
+        installed &= t[:, None] >= 1
+    out += installed.astype(np.int64) @ install
+    if offset:
+        out[0] = model.step.first_step_ns
+    return out

@@ -1,0 +1,133 @@
+"""The workload model: what one training step is made of, read from a measured trace.
+
+Every duration is a median over the run's steady steps (the first call, which
+initialises the optimizer, is kept apart), so one slow outlier does not become
+the model. Per block the model keeps the hot-path time (factor update plus
+preconditioning), the amortized refresh job, and the snapshot and install
+costs; per step the forward and backward passes and the rest of the optimizer
+step (AdamW fallback, bookkeeping) and of the loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from traces.io import Trace
+
+REFERENCE_TAU = {"shampoo": 0, "soap": 1, "kl-shampoo": 1}
+SKIPS_FIRST_CALL = {"shampoo": False, "soap": True, "kl-shampoo": True, "adamw": False}
+_TRAINING_ONLY = ("refresh", "install", "snapshot", "wait_refresh", "factor_update", "precondition")
+
+
+class WorkloadError(ValueError):
+    """The trace lacks what the model needs (one line, naming what is missing)."""
+
+
+@dataclass(frozen=True)
+class BlockCost:
+    id: str
+    shape: tuple[int, int]
+    hot_ns: int
+    refresh_ns: int
+    snapshot_ns: int
+    install_ns: int
+
+
+@dataclass(frozen=True)
+class StepCost:
+    forward_ns: int
+    backward_ns: int
+    optimizer_other_ns: int
+    loop_other_ns: int
+    first_step_ns: int
+
+
+@dataclass(frozen=True)
+class WorkloadModel:
+    optimizer: str
+    precondition_frequency: int
+    start_preconditioning_step: int
+    reference_tau: int
+    skips_first_call: bool
+    step: StepCost
+    blocks: tuple[BlockCost, ...]
+
+    @property
+    def hot_ns(self) -> int:
+        return sum(b.hot_ns for b in self.blocks)
+
+
+def _median(values: pd.Series | np.ndarray, default: int = 0) -> int:
+    arr = np.asarray(values, dtype=np.float64)
+    return int(np.median(arr)) if arr.size else default
+
+
+def workload_from_trace(trace: Trace) -> WorkloadModel:
+    """Calibrate the model on a measured run."""
+    meta = trace.metadata
+    spans = trace.spans.copy()
+    if spans.empty:
+        raise WorkloadError(f"run {meta.run_id}: the trace holds no spans")
+    spans["duration"] = spans["end_ns"] - spans["start_ns"]
+    steps = spans[spans["name"] == "step"].set_index("step")["duration"]
+    if len(steps) < 3:
+        raise WorkloadError(
+            f"run {meta.run_id}: need at least 3 steps in the trace, found {len(steps)}"
+        )
+    steady = steps.index[steps.index > 1]
+    main = spans[spans["step"].isin(steady)]
+    main_track = spans.loc[spans["name"] == "step", "track"].iloc[0]
+
+    def per_step(name: str) -> pd.Series:
+        sel = main[(main["name"] == name) & (main["track"] == main_track)]
+        return sel.groupby("step")["duration"].sum().reindex(steady, fill_value=0)
+
+    forward, backward = per_step("forward"), per_step("backward")
+    optimizer = per_step("optimizer_step")
+    inner = sum(per_step(name) for name in _TRAINING_ONLY)
+    optimizer_other = (optimizer - inner).clip(lower=0)
+    loop_other = (steps.reindex(steady) - forward - backward - optimizer).clip(lower=0)
+
+    hp = meta.hyperparameters
+    frequency = int(hp.get("precondition_frequency") or 1)
+    t0 = int(hp.get("start_preconditioning_step") or frequency)
+    shapes = meta.model.get("blocks", {}) if isinstance(meta.model, dict) else {}
+    blocks = []
+    block_spans = spans[spans["block"].notna()]
+    for block_id, shape in sorted(shapes.items(), key=lambda kv: _block_key(kv[0])):
+        mine = block_spans[block_spans["block"] == block_id]
+        hot = mine[mine["name"].isin(("factor_update", "precondition")) & mine["step"].isin(steady)]
+        hot_per_step = hot.groupby("step")["duration"].sum()
+        blocks.append(
+            BlockCost(
+                id=block_id,
+                shape=(int(shape[0]), int(shape[1])),
+                hot_ns=_median(hot_per_step),
+                refresh_ns=_median(mine.loc[mine["name"] == "refresh", "duration"]),
+                snapshot_ns=_median(mine.loc[mine["name"] == "snapshot", "duration"]),
+                install_ns=_median(mine.loc[mine["name"] == "install", "duration"]),
+            )
+        )
+    return WorkloadModel(
+        optimizer=meta.optimizer,
+        precondition_frequency=frequency,
+        start_preconditioning_step=t0,
+        reference_tau=REFERENCE_TAU.get(meta.optimizer, 0),
+        skips_first_call=SKIPS_FIRST_CALL.get(meta.optimizer, False),
+        step=StepCost(
+            forward_ns=_median(forward),
+            backward_ns=_median(backward),
+            optimizer_other_ns=_median(optimizer_other),
+            loop_other_ns=_median(loop_other),
+            first_step_ns=int(steps.loc[1]) if 1 in steps.index else 0,
+        ),
+        blocks=tuple(blocks),
+    )
+
+
+def _block_key(block_id: str) -> tuple[int, ...]:
+    """p3.r1.c0 -> (3, 1, 0): the runtime's block order."""
+    return tuple(int(part[1:]) for part in block_id.split("."))
