@@ -233,6 +233,26 @@ def run(
     run_job(cfg, out=out, overwrite=overwrite, quiet=quiet)
 
 
+@app.command()
+def replay(
+    run_dir: Annotated[Path, typer.Argument(help="a run directory written by `asteria-bench run`")],
+    calibrate_on: Annotated[
+        Path | None,
+        typer.Option(help="calibrate the model on this other run instead (held-out prediction)"),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="also write the simulated run's trace here")
+    ] = None,
+) -> None:
+    """Simulate a measured run on its own measured costs; print measured vs simulated.
+
+    Example: asteria-bench replay runs/soap-sync --calibrate-on runs/soap-sync
+    """
+    from asteria_bench.simulate_cmd import replay_command
+
+    replay_command(run_dir, calibrate_on=calibrate_on, out=out)
+
+
 def _click_classes(name: str) -> tuple[type[BaseException], ...]:
     """The class ``name`` from click and from typer's vendored click (typer >= 0.20)."""
     modules = [click.exceptions]
