@@ -31,6 +31,9 @@ class ExecutionConfig:
     - ``stagger``: give block k its refresh at steps where t ≡ k (mod f), so
       that not every block comes due on the same step. Off by default, which
       is the references' schedule.
+    - ``hooks``: with an asynchronous policy, register post-accumulate-grad
+      hooks that move each parameter's finished refresh results to its device
+      as soon as its gradient is ready, overlapping the rest of the backward.
     - ``trace_blocks``: a span per block for the factor update and the
       preconditioning (a few µs per block and step when the recorder is on).
     """
@@ -39,6 +42,7 @@ class ExecutionConfig:
     workers: int = 1
     root_device: str = "host"
     stagger: bool = False
+    hooks: bool = True
     recorder: Recorder = field(default=NULL_RECORDER, compare=False, repr=False)
     trace_blocks: bool = True
 

@@ -197,6 +197,25 @@ class RefreshScheduler:
                 f"{type(exc).__name__}: {exc}"
             ) from exc
 
+    def prefetch(self, block: str, step: int, device: torch.device) -> int:
+        """Move finished results due at ``step`` to ``device`` now, without waiting.
+
+        Called from post-accumulate-grad hooks during backward, so that the
+        host-to-device copy of a new basis overlaps the rest of the backward
+        pass instead of sitting at the install. Returns how many moved.
+        """
+        moved = 0
+        for item in self._pending.get(block, ()):
+            if item.install_step != step:
+                continue
+            if item.future is not None:
+                if not item.future.done():
+                    continue
+                self._resolve(item, wait_step=None)
+            item.result = map_tensors(item.result, lambda t: t.to(device, non_blocking=True))
+            moved += 1
+        return moved
+
     def pending_count(self) -> int:
         return sum(len(q) for q in self._pending.values())
 

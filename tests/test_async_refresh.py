@@ -180,3 +180,15 @@ def test_sync_policy_never_uses_workers() -> None:
     opt = SOAP(make_model().parameters())
     assert opt.scheduler._workers is None
     assert isinstance(opt.execution.staleness, Sync)
+
+
+def test_hooks_prefetch_finished_results_during_backward() -> None:
+    recorder = Recorder()
+    with_hooks = train(
+        "soap", ExecutionConfig(staleness=Bounded(3), workers=1, recorder=recorder), steps=30
+    )
+    without = train("soap", ExecutionConfig(staleness=Bounded(3), workers=1, hooks=False), steps=30)
+    prefetched = [c for c in recorder.counters if c.name == "prefetched"]
+    assert prefetched, "jobs finish well within 3 steps here, so hooks must find results to move"
+    for a, b in zip(with_hooks, without, strict=True):
+        assert torch.equal(a, b)

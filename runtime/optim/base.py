@@ -99,6 +99,9 @@ class BlockedOptimizer(torch.optim.Optimizer):
                 index += 1
         matrix_blocks = [b for b in self.blocks if b.is_matrix]
         self._stagger = {b.id: ordinal for ordinal, b in enumerate(matrix_blocks)}
+        self._hook_handles: list[Any] = []
+        if self.execution.staleness.asynchronous and self.execution.hooks:
+            self._register_hooks()
         global _warned_tf32
         message = check_fp32_matmul_precision()
         if message and not _warned_tf32:
@@ -124,9 +127,29 @@ class BlockedOptimizer(torch.optim.Optimizer):
             execution.staleness, self._recorder, workers=workers, root_device=root_device
         )
 
+    def _register_hooks(self) -> None:
+        for p in self._params:
+            if p.requires_grad and hasattr(p, "register_post_accumulate_grad_hook"):
+                self._hook_handles.append(p.register_post_accumulate_grad_hook(self._on_grad_ready))
+
+    def _on_grad_ready(self, p: torch.Tensor) -> None:
+        """Post-accumulate-grad hook: prefetch this parameter's due refresh results."""
+        index = self._param_index[id(p)]
+        pstate = self.state.get(p)
+        if not pstate or "step" not in pstate:
+            return
+        next_t = pstate["step"] + 1
+        for block in self._param_blocks[index]:
+            if block.is_matrix:
+                if self.scheduler.prefetch(block.id, next_t, p.device):
+                    self._recorder.counter("prefetched", 1, step=self._calls + 1, key=block.id)
+
     def close(self) -> None:
         """Join the refresh workers; the optimizer can still checkpoint, not step."""
         self.scheduler.close()
+        for handle in self._hook_handles:
+            handle.remove()
+        self._hook_handles.clear()
 
     def __del__(self) -> None:
         scheduler = getattr(self, "scheduler", None)
