@@ -128,3 +128,94 @@ def test_steps_to_target_interpolates_between_evals(monkeypatch: pytest.MonkeyPa
     assert steps_to_target(curve, 5.0) == 10.0  # first eval already below: no interpolation
     assert steps_to_target(curve, 1.0) is None
     assert steps_to_target([(10, float("nan")), (20, 1.0)], 2.0) == 20.0
+
+
+def number(cell: str) -> float:
+    """A table cell that must parse as a finite number."""
+    value = float(cell)
+    assert value == value and abs(value) != float("inf"), cell
+    return value
+
+
+def check_header_lines(out: str) -> None:
+    lines = out.splitlines()
+    assert lines[0].startswith("torch ") and "threads 1" in lines[0] and "load average" in lines[0]
+    assert lines[1].startswith("thread split: 1 training thread")
+    assert "load average at end" in lines[-1]
+
+
+def test_bench_spikes_quick() -> None:
+    out = run_quick("bench_spikes.py")
+    check_header_lines(out)
+
+    cost = table(out, "optimizer", "run", "median step ms (no refresh)")
+    assert [r["optimizer"] for r in cost] == ["soap"]
+    assert number(cost[0]["median step ms (no refresh)"]) > 0
+    assert int(cost[0]["refresh cycles"]) >= 1
+    number(cost[0]["cost in median steps"])
+    assert "soap: one refresh costs" in out
+
+    runs = table(out, "optimizer", "mode", "run", "p50 ms")
+    assert [r["mode"] for r in runs] == ["sync", "bounded:4"]
+    for row in runs:
+        assert number(row["p99/p50"]) >= 1.0
+        assert number(row["max/p50"]) >= number(row["p99/p50"])
+        assert number(row["wait ms total"]) >= 0
+        int(row["steps that waited"])
+    summary = table(out, "optimizer", "mode", "runs", "p99/p50 (median)")
+    assert {r["mode"] for r in summary} == {"sync", "bounded:4"}
+    assert "Goal: async p99/p50 <= 1.2: soap bounded:4 p99/p50 " in out
+
+
+def test_bench_overhead_quick() -> None:
+    out = run_quick("bench_overhead.py")
+    check_header_lines(out)
+
+    rows = table(
+        out,
+        "optimizer",
+        "mode",
+        "mean step ms",
+        "ratio vs AdamW",
+        "mean optimizer ms",
+        "wait ms total",
+    )
+    modes = {(r["optimizer"], r["mode"]) for r in rows}
+    assert modes == {("AdamW", "-")} | {
+        (name, mode) for name in ("SOAP", "Shampoo", "KL-Shampoo") for mode in ("sync", "bounded:4")
+    }
+    for row in rows:
+        assert number(row["mean step ms"]) > 0
+        assert number(row["ratio vs AdamW"]) > 0
+        assert number(row["mean optimizer ms"]) > 0
+        assert number(row["wait ms total"]) >= 0
+    adamw = next(r for r in rows if r["optimizer"] == "AdamW")
+    assert number(adamw["ratio vs AdamW"]) == 1.0
+
+
+def test_bench_staleness_quick() -> None:
+    out = run_quick("bench_staleness.py", "--taus", "2,8")
+    check_header_lines(out)
+
+    rows = table(out, "optimizer", "staleness", "stagger", "final val loss")
+    assert [(r["optimizer"], r["staleness"]) for r in rows] == [
+        ("adamw", "-"),
+        ("soap", "sync"),
+        ("soap", "bounded:2"),
+        ("soap", "bounded:8"),
+    ]
+    for row in rows:
+        assert number(row["final val loss"]) > 0
+        assert number(row["median step ms"]) > 0
+        steps = row["steps to AdamW's final loss"]
+        assert steps == "not reached" or number(steps) > 0
+        seconds = row["projected s to target"]
+        assert seconds == "n/a" or number(seconds) >= 0
+    sync = rows[1]
+    assert number(sync["ratio vs sync"]) == 1.0 and sync["stagger"] == "off"
+    for row in rows[2:]:
+        number(row["ratio vs sync"])
+        number(row["diff vs sync %"])
+        assert row["within 1%"] in ("yes", "no") and row["stagger"] == "on"
+    assert "PROJECTION" in out
+    assert "Goal: τ <= 8 within 1% of sync: soap τ=2 " in out

@@ -140,9 +140,8 @@ class BlockedOptimizer(torch.optim.Optimizer):
             return
         next_t = pstate["step"] + 1
         for block in self._param_blocks[index]:
-            if block.is_matrix:
-                if self.scheduler.prefetch(block.id, next_t, p.device):
-                    self._recorder.counter("prefetched", 1, step=self._calls + 1, key=block.id)
+            if block.is_matrix and self.scheduler.prefetch(block.id, next_t, p.device):
+                self._recorder.counter("prefetched", 1, step=self._calls + 1, key=block.id)
 
     def close(self) -> None:
         """Join the refresh workers; the optimizer can still checkpoint, not step."""
