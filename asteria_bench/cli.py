@@ -253,6 +253,61 @@ def replay(
     replay_command(run_dir, calibrate_on=calibrate_on, out=out)
 
 
+@app.command()
+def simulate(
+    hardware: Annotated[
+        str,
+        typer.Option(
+            help="profile name(s): gb10, gh200, h100-sxm, h100-pcie, h200; comma-separated to sweep"
+        ),
+    ] = "gh200",
+    model: Annotated[
+        str, typer.Option(help="gpt-default, gpt-small, 125m, 350m, 1b, 7b, 13b")
+    ] = "7b",
+    optimizer: Annotated[str, typer.Option(help="adamw | shampoo | soap | kl-shampoo")] = "soap",
+    staleness: Annotated[str, typer.Option(help="sync | bounded:TAU | adaptive:TAU_MAX")] = "sync",
+    root_device: Annotated[
+        str, typer.Option(help="host | device: where refreshes compute")
+    ] = "device",
+    nodes: Annotated[str, typer.Option(help="nodes")] = "1",
+    gpus_per_node: Annotated[str, typer.Option(help="GPUs (ranks) per node")] = "1",
+    steps: Annotated[str, typer.Option(help="simulated steps")] = "200",
+    block_size: Annotated[str, typer.Option(help="preconditioner block size, or none")] = "1024",
+    precondition_frequency: Annotated[str, typer.Option(help="refresh every f steps")] = "10",
+    tokens_per_rank: Annotated[str, typer.Option(help="tokens per rank and step")] = "16384",
+    workers: Annotated[str, typer.Option(help="refresh workers per rank")] = "4",
+    scenario: Annotated[
+        str | None,
+        typer.Option(help="a preset comparing AdamW, synchronous and asteria: gb10-1b, gh200-7b"),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="write the table as simulate.csv in this folder")
+    ] = None,
+) -> None:
+    """Simulate training on other hardware and policies (comma-separated values sweep).
+
+    Example: asteria-bench simulate --hardware gh200 --nodes 4 --gpus-per-node 4
+    --model 7b --optimizer soap --staleness sync,bounded:4 --steps 1000
+    """
+    from asteria_bench.simulate_cmd import simulate_command
+
+    values = dict(
+        hardware=hardware,
+        model=model,
+        optimizer=optimizer,
+        staleness=staleness,
+        root_device=root_device,
+        nodes=nodes,
+        gpus_per_node=gpus_per_node,
+        steps=steps,
+        block_size=block_size,
+        precondition_frequency=precondition_frequency,
+        tokens_per_rank=tokens_per_rank,
+        workers=workers,
+    )
+    simulate_command(values, scenario=scenario, out=out)
+
+
 def _click_classes(name: str) -> tuple[type[BaseException], ...]:
     """The class ``name`` from click and from typer's vendored click (typer >= 0.20)."""
     modules = [click.exceptions]

@@ -1,16 +1,19 @@
-"""``asteria-bench replay``: the simulator against a measured run, side by side."""
+"""``asteria-bench replay`` and ``simulate``: the simulator from the command line."""
 
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
 from asteria_bench.errors import UserError
 from simulator.replay import Fidelity, predict_run, replay_run
+from simulator.whatif import WhatIf, WhatIfResult
 from simulator.workload import WorkloadError
 from traces.io import TraceError, read_trace, write_trace
 
@@ -18,6 +21,11 @@ from traces.io import TraceError, read_trace, write_trace
 def _check_run(path: Path, option: str) -> None:
     if not (path / "metrics.parquet").is_file():
         raise UserError(f"{option}: {path} is not a finished run directory (no metrics.parquet)")
+
+
+def _console() -> Console:
+    """Wide tables stay tables when output goes to a file or a CI log."""
+    return Console() if sys.stdout.isatty() else Console(width=200)
 
 
 def fidelity_table(fidelity: Fidelity, title: str) -> Table:
@@ -53,7 +61,7 @@ def replay_command(run_dir: Path, *, calibrate_on: Path | None, out: Path | None
         measured = read_trace(run_dir)
     except (TraceError, WorkloadError) as exc:
         raise UserError(str(exc)) from None
-    Console().print(fidelity_table(fidelity, title))
+    _console().print(fidelity_table(fidelity, title))
     if out is not None:
         metadata = replace(
             measured.metadata,
@@ -64,3 +72,193 @@ def replay_command(run_dir: Path, *, calibrate_on: Path | None, out: Path | None
         out.mkdir(parents=True, exist_ok=True)
         write_trace(out, metadata, result.recorder.spans, result.recorder.counters)
         print(str(out))
+
+
+# ------------------------------------------------------------------ simulate
+SWEEPABLE = (
+    "hardware",
+    "model",
+    "optimizer",
+    "staleness",
+    "root_device",
+    "nodes",
+    "gpus_per_node",
+    "steps",
+    "block_size",
+    "precondition_frequency",
+    "tokens_per_rank",
+    "workers",
+)
+
+
+def expand_sweep(values: dict[str, str]) -> list[WhatIf]:
+    """Comma-separated values of any option become a cartesian sweep."""
+    import itertools
+
+    from simulator.whatif import WhatIf
+
+    ints = {
+        "nodes",
+        "gpus_per_node",
+        "steps",
+        "precondition_frequency",
+        "tokens_per_rank",
+        "workers",
+    }
+    axes: list[list[tuple[str, object]]] = []
+    for name, text in values.items():
+        options = []
+        for raw in text.split(","):
+            item = raw.strip()
+            option = f"--{name.replace('_', '-')}"
+            if name in ints or name == "block_size":
+                if name == "block_size" and item.lower() == "none":
+                    options.append((name, None))
+                    continue
+                if not item.isdigit() or int(item) < 1:
+                    raise UserError(f"{option}: expected positive integers, got {item!r}")
+                options.append((name, int(item)))
+            else:
+                options.append((name, item))
+        axes.append(options)
+    return [WhatIf(**dict(combo)) for combo in itertools.product(*axes)]  # type: ignore[arg-type]
+
+
+def validate_whatif(w: WhatIf) -> None:
+    from runtime.policies.staleness import parse_staleness
+    from simulator.profiles import ProfileError, load_profile
+    from simulator.shapes import ShapeError, get_shape
+
+    try:
+        load_profile(w.hardware)
+    except ProfileError as exc:
+        raise UserError(f"--hardware: {exc}") from None
+    try:
+        get_shape(w.model)
+    except ShapeError as exc:
+        raise UserError(f"--model: {exc}") from None
+    if w.optimizer not in ("adamw", "shampoo", "soap", "kl-shampoo"):
+        raise UserError(
+            f"--optimizer: expected adamw, shampoo, soap or kl-shampoo, got {w.optimizer!r}"
+        )
+    try:
+        parse_staleness(w.staleness)
+    except ValueError:
+        raise UserError(
+            f"--staleness: expected sync, bounded:TAU or adaptive:TAU_MAX, got {w.staleness!r}"
+        ) from None
+    if w.root_device not in ("host", "device"):
+        raise UserError(f"--root-device: expected host or device, got {w.root_device!r}")
+
+
+def results_table(results: list[WhatIfResult], title: str) -> Table:
+    table = Table(title=title)
+    columns = [
+        "configuration",
+        "hardware",
+        "model",
+        "ranks",
+        "median ms",
+        "mean ms",
+        "p99/p50",
+        "max/median",
+        "overhead vs fwd+bwd",
+        "wait ms/step",
+        "opt. state GiB/rank",
+        "vs AdamW (mean)",
+    ]
+    for c in columns:
+        table.add_column(c, justify="left" if c == "configuration" else "right")
+    adamw = {
+        (r.whatif.hardware, r.whatif.model, r.whatif.nodes, r.whatif.gpus_per_node): r.mean_ms
+        for r in results
+        if r.whatif.optimizer == "adamw"
+    }
+    for r in results:
+        w = r.whatif
+        base = adamw.get((w.hardware, w.model, w.nodes, w.gpus_per_node))
+        fits = "" if r.fits else f" (> {r.device_gib:.0f} GiB device!)"
+        table.add_row(
+            w.describe(),
+            w.hardware,
+            w.model,
+            f"{w.nodes}x{w.gpus_per_node}",
+            f"{r.median_ms:.1f}",
+            f"{r.mean_ms:.1f}",
+            f"{r.spike:.2f}",
+            f"{r.max_ms / r.median_ms:.2f}",
+            f"{100 * r.overhead:.1f} %",
+            f"{r.wait_ms_per_step:.2f}",
+            f"{r.state_gib_per_rank:.1f}{fits}",
+            f"{r.mean_ms / base:.3f}" if base else "-",
+        )
+    return table
+
+
+def results_frame(results: list[WhatIfResult]) -> pd.DataFrame:
+    rows = []
+    for r in results:
+        row = {name: getattr(r.whatif, name) for name in SWEEPABLE}
+        row.update(
+            label=r.whatif.describe(),
+            median_ms=r.median_ms,
+            mean_ms=r.mean_ms,
+            p99_ms=r.p99_ms,
+            max_ms=r.max_ms,
+            overhead=r.overhead,
+            wait_ms_per_step=r.wait_ms_per_step,
+            state_gib_per_rank=r.state_gib_per_rank,
+            lower_bound_ms=r.lower_bound_ms,
+        )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def simulate_command(values: dict[str, str], *, scenario: str | None, out: Path | None) -> None:
+    import time
+
+    from rich.progress import Progress
+
+    from simulator.whatif import SCENARIOS, run_whatif
+
+    if scenario is not None:
+        if scenario not in SCENARIOS:
+            raise UserError(
+                f"--scenario: expected one of {', '.join(sorted(SCENARIOS))}, got {scenario!r}"
+            )
+        summary, whatifs = SCENARIOS[scenario]
+        title = f"scenario {scenario}: {summary}"
+    else:
+        whatifs = expand_sweep(values)
+        title = (
+            "simulated what-if"
+            if len(whatifs) == 1
+            else f"simulated sweep of {len(whatifs)} configurations"
+        )
+    for w in whatifs:
+        validate_whatif(w)
+    results = []
+    started = time.perf_counter()
+    console = Console(stderr=True)
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("simulating", total=len(whatifs))
+        for w in whatifs:
+            results.append(run_whatif(w))
+            progress.advance(task)
+    wall = time.perf_counter() - started
+    _console().print(results_table(results, title))
+    simulated_s = sum(float(r.simulated.step_ns.sum()) for r in results) / 1e9
+    print(
+        f"simulated {simulated_s:.1f} s of training in {wall:.1f} s of wall time ({simulated_s / wall:.0f}x)"
+    )
+    print(
+        "Op times are rooflines divided by assumed efficiencies (simulator/projection.py, Efficiency);"
+        " profile numbers marked 'assumed' are estimates (asteria-bench simulate --help)."
+    )
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        frame = results_frame(results)
+        from traces.atomic import atomic_write_text
+
+        atomic_write_text(out / "simulate.csv", frame.to_csv(index=False))
+        print(str(out / "simulate.csv"))

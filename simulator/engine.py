@@ -7,6 +7,10 @@ Actors, each one generator that reads like what it models:
   (waiting for late ones), running the hot path, and submitting refresh jobs
   when they come due, inline under a synchronous policy or to the worker pool.
 - ``worker``: a refresh worker taking jobs from ``host_workers`` (a queue).
+  With ``jobs_on_device`` the job's kernels run on the training device, which
+  is a priority resource (``device``): training kernels go first, a job runs
+  in slices between them, so device-side refreshes cost training time only
+  where they actually occupy the device.
 
 The staleness policy is the runtime's own object (``runtime.policies``): the
 same ``install_step`` decides here what it decides on real tensors. The
@@ -37,6 +41,8 @@ class SimConfig:
     workers: int = 1
     stagger: bool = False
     worker_speed: float = 1.0  # >1: jobs run faster than measured (e.g. more cores per job)
+    jobs_on_device: bool = False  # refresh jobs share the training device (a low-priority stream)
+    device_slice_ns: int = 2_000_000  # kernel granularity at which training preempts a job
 
 
 @dataclass
@@ -77,6 +83,8 @@ def simulate(
         rec.clock = lambda: int(env.now)
     policy = config.staleness
     host_workers: simpy.Store = simpy.Store(env)
+    device = simpy.PriorityResource(env, capacity=1)
+    contended = config.jobs_on_device and policy.asynchronous
     pending: dict[str, list[_Job]] = {b.id: [] for b in model.blocks}
     steps = config.steps
     step_ns = np.zeros(steps, dtype=np.int64)
@@ -94,7 +102,12 @@ def simulate(
         detail: str | None = None,
     ) -> Any:
         start = int(env.now)
-        yield env.timeout(duration)
+        if contended and duration > 0:
+            with device.request(priority=0) as held:
+                yield held
+                yield env.timeout(duration)
+        else:
+            yield env.timeout(duration)
         rec.add_span(
             name,
             category,
@@ -111,7 +124,16 @@ def simulate(
         while True:
             job: _Job = yield host_workers.get()
             start = int(env.now)
-            yield env.timeout(job.duration_ns)
+            if contended:
+                left = job.duration_ns
+                while left > 0:
+                    piece = min(left, config.device_slice_ns)
+                    with device.request(priority=1) as held:
+                        yield held
+                        yield env.timeout(piece)
+                    left -= piece
+            else:
+                yield env.timeout(job.duration_ns)
             rec.add_span(
                 "refresh",
                 Category.REFRESH,

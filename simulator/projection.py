@@ -1,0 +1,220 @@
+"""What-if workloads: a model shape on a hardware profile, by roofline.
+
+Every op's time is its roofline on the target (``max(FLOPs / peak, bytes /
+bandwidth)``, ALGORITHMS.md §8) divided by an efficiency: the fraction of the
+roofline that kind of op reaches in practice. The efficiencies are
+assumptions until calibrated on a measured trace (``calibrate``), and every
+projection prints the ones it used.
+
+Blocks are aggregated per (matrix kind, block position) over layers, so a 7B
+model has a few hundred simulated block groups, not thousands of blocks; each
+group's refresh is one job (all layers' copies of that block), which is the
+granularity the runtime's workers would pick up anyway.
+
+Data parallelism: every rank runs the same forward and backward; gradients
+are all-reduced (ring, bf16). Blocks are owned round-robin: with
+``shard_optimizer`` (Distributed Shampoo's layout, the default) a rank runs
+the hot path and the refreshes of its own blocks only and the updated
+parameters are all-gathered; without it every rank runs every block's hot
+path and 1/ranks of the refreshes. Publication of refreshed bases is off the
+critical path (asynchronous collectives); its bytes are reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from simulator.costmodel import (
+    WORD_BYTES,
+    CostConfig,
+    block_hot_path_bytes,
+    block_hot_path_flops,
+    block_refresh_flops,
+    block_state,
+    blocks_of,
+    fwd_bwd_flops,
+    roofline_time_s,
+)
+from simulator.profiles import HardwareProfile, LinkKind
+from simulator.shapes import ModelShape
+from simulator.workload import REFERENCE_TAU, SKIPS_FIRST_CALL, BlockCost, StepCost, WorkloadModel
+
+NS = 1e9
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """Fraction of the roofline each op class reaches (assumptions unless calibrated)."""
+
+    gemm: float = 0.55  # forward / backward in bf16 on tensor cores
+    optimizer: float = 0.5  # hot-path fp32 matmuls and elementwise work on the GPU
+    refresh_device: float = 0.1  # eigh / QR / small matmuls on a GPU stream: latency-bound
+    refresh_host: float = 0.25  # the same on CPU cores (LAPACK, fp32)
+    copy: float = 0.8  # bulk copies over a link
+    collective: float = 0.7  # ring all-reduce bus efficiency
+
+    def __post_init__(self) -> None:
+        for name, value in vars(self).items():
+            if not 0 < value <= 1:
+                raise ValueError(f"efficiency {name} must be in (0, 1], got {value}")
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """How the optimizer is run: where refreshes compute and over how many ranks."""
+
+    optimizer: str
+    block_size: int | None = 1024
+    precondition_frequency: int = 10
+    tokens_per_rank: int = 8 * 2048
+    nodes: int = 1
+    gpus_per_node: int = 1
+    root_device: str = "device"  # device | host
+    workers: int = 4
+    shard_optimizer: bool = True
+
+    @property
+    def ranks(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+
+@dataclass(frozen=True)
+class Projection:
+    model: WorkloadModel
+    allreduce_ns: int
+    publish_bytes_per_step: float
+    lower_bound_step_ns: int  # every op at 100 % of its roofline, refreshes off the critical path
+    state_bytes_per_rank: int
+
+
+def _ns(seconds: float) -> int:
+    return max(0, round(seconds * NS))
+
+
+def allreduce_seconds(
+    nbytes: float, profile: HardwareProfile, deploy: Deployment, eff: float
+) -> float:
+    """Hierarchical ring: intra-node over NVLink / PCIe, then inter-node per GPU."""
+    if deploy.ranks <= 1:
+        return 0.0
+    seconds = 0.0
+    net = profile.network
+    if deploy.gpus_per_node > 1 and net.intra_node is not None:
+        g = deploy.gpus_per_node
+        seconds += 2 * (g - 1) / g * nbytes / (net.intra_node.bandwidth.value * eff)
+        seconds += 2 * (g - 1) * net.intra_node.latency.value
+    if deploy.nodes > 1:
+        if net.inter_node is None:
+            raise ValueError(
+                f"profile {profile.name} has no inter-node network for {deploy.nodes} nodes"
+            )
+        n = deploy.nodes
+        shard = nbytes / max(1, deploy.gpus_per_node)
+        seconds += 2 * (n - 1) / n * shard / (net.inter_node.bandwidth.value * eff)
+        seconds += 2 * (n - 1) * net.inter_node.latency.value
+    return seconds
+
+
+def project(
+    shape: ModelShape,
+    profile: HardwareProfile,
+    deploy: Deployment,
+    efficiency: Efficiency | None = None,
+) -> Projection:
+    eff = efficiency or Efficiency()
+    gpu, host, link = profile.gpu, profile.host, profile.link
+    params = shape.parameters()
+    compute_s = fwd_bwd_flops(params, deploy.tokens_per_rank) / (
+        gpu.bf16_dense_flops.value * eff.gemm
+    )
+    allreduce_s = allreduce_seconds(2.0 * params, profile, deploy, eff.collective)
+    sharded = deploy.shard_optimizer and deploy.ranks > 1 and deploy.optimizer != "adamw"
+    if sharded:  # all-gather of the updated bf16 parameters: half a ring all-reduce
+        allreduce_s += allreduce_seconds(2.0 * params, profile, deploy, eff.collective) / 2
+    bound_s = fwd_bwd_flops(params, deploy.tokens_per_rank) / gpu.bf16_dense_flops.value
+
+    name = deploy.optimizer
+    blocks: list[BlockCost] = []
+    state_bytes = 0
+    publish_bytes = 0.0
+    hbm = gpu.memory_bandwidth.value
+    if name == "adamw":
+        adam_bytes = 4 * WORD_BYTES * params  # read w, g, m, v; write w, m, v (≈4 words each way)
+        optimizer_other_s = (
+            roofline_time_s(12.0 * params, adam_bytes, gpu.fp32_flops.value, hbm) / eff.optimizer
+        )
+        bound_s += roofline_time_s(12.0 * params, adam_bytes, gpu.fp32_flops.value, hbm)
+        state_bytes = 2 * WORD_BYTES * params
+    else:
+        config = CostConfig(name, block_size=deploy.block_size)
+        optimizer_other_s = 0.0
+        for ordinal, spec in enumerate(blocks_of(shape, deploy.block_size)):
+            a, b, count = spec.rows, spec.cols, spec.count
+            hot_flops = block_hot_path_flops(a, b, config) * count
+            hot_bytes = block_hot_path_bytes(a, b, config).total_bytes * count
+            owned = ordinal % deploy.ranks == 0
+            runs_hot_path = owned or not sharded
+            hot_s = (
+                roofline_time_s(hot_flops, hot_bytes, gpu.fp32_flops.value, hbm)
+                if runs_hot_path
+                else 0.0
+            )
+            bound_s += hot_s
+            state = block_state(a, b, config)
+            state_bytes += state.bytes * count if runs_hot_path else 0
+            matrix_bytes = (state.factors + state.bases) * WORD_BYTES * count
+            basis_bytes = state.bases * WORD_BYTES * count
+            refresh_flops = block_refresh_flops(a, b, config) * count
+            if deploy.root_device == "host":
+                rate = host.cpu_fp32_flops.value * eff.refresh_host / max(1, deploy.workers)
+                if link.kind == LinkKind.UNIFIED:
+                    snapshot_s = matrix_bytes / (host.memory_bandwidth.value * eff.copy)
+                    install_s = basis_bytes / (hbm * eff.copy)
+                else:
+                    snapshot_s = matrix_bytes / (link.d2h_bandwidth.value * eff.copy)
+                    install_s = basis_bytes / (link.h2d_bandwidth.value * eff.copy)
+            else:
+                rate = gpu.fp32_flops.value * eff.refresh_device
+                snapshot_s = matrix_bytes / (hbm * eff.copy)
+                install_s = basis_bytes / (hbm * eff.copy)
+            blocks.append(
+                BlockCost(
+                    id=f"{spec.matrix}.r{spec.row}.c{spec.col}",
+                    shape=(a, b),
+                    hot_ns=_ns(hot_s / eff.optimizer),
+                    refresh_ns=_ns(refresh_flops / rate) if owned else 0,
+                    snapshot_ns=_ns(snapshot_s) if owned else 0,
+                    install_ns=_ns(install_s) if runs_hot_path else 0,
+                )
+            )
+            publish_bytes += basis_bytes / deploy.precondition_frequency
+        # the AdamW fallback of 1-D parameters, elementwise and bandwidth-bound
+        vectors = sum(v.size * v.count for v in shape.vectors())
+        optimizer_other_s = (
+            roofline_time_s(12.0 * vectors, 7 * WORD_BYTES * vectors, gpu.fp32_flops.value, hbm)
+            / eff.optimizer
+        )
+        state_bytes += 2 * WORD_BYTES * vectors
+
+    model = WorkloadModel(
+        optimizer=name,
+        precondition_frequency=deploy.precondition_frequency,
+        start_preconditioning_step=deploy.precondition_frequency,
+        reference_tau=REFERENCE_TAU.get(name, 0),
+        skips_first_call=SKIPS_FIRST_CALL.get(name, False) and False,
+        step=StepCost(
+            forward_ns=_ns(compute_s / 3),
+            backward_ns=_ns(2 * compute_s / 3),
+            optimizer_other_ns=_ns(optimizer_other_s),
+            loop_other_ns=_ns(allreduce_s),
+            first_step_ns=0,
+        ),
+        blocks=tuple(blocks),
+    )
+    return Projection(
+        model=model,
+        allreduce_ns=_ns(allreduce_s),
+        publish_bytes_per_step=publish_bytes * (deploy.ranks - 1) / max(1, deploy.ranks),
+        lower_bound_step_ns=_ns(bound_s),
+        state_bytes_per_rank=state_bytes,
+    )
