@@ -107,7 +107,7 @@ def expand_sweep(values: dict[str, str]) -> list[WhatIf]:
     }
     axes: list[list[tuple[str, object]]] = []
     for name, text in values.items():
-        options = []
+        options: list[tuple[str, object]] = []
         for raw in text.split(","):
             item = raw.strip()
             option = f"--{name.replace('_', '-')}"

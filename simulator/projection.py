@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from simulator.costmodel import (
     WORD_BYTES,
     CostConfig,
+    Optimizer,
     block_hot_path_bytes,
     block_hot_path_flops,
     block_refresh_flops,
@@ -146,7 +147,7 @@ def project(
         bound_s += roofline_time_s(12.0 * params, adam_bytes, gpu.fp32_flops.value, hbm)
         state_bytes = 2 * WORD_BYTES * params
     else:
-        config = CostConfig(name, block_size=deploy.block_size)
+        config = CostConfig(Optimizer(name), block_size=deploy.block_size)
         optimizer_other_s = 0.0
         for ordinal, spec in enumerate(blocks_of(shape, deploy.block_size)):
             a, b, count = spec.rows, spec.cols, spec.count
