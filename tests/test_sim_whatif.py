@@ -1,0 +1,137 @@
+"""What-ifs on hardware profiles: the physical limit, the scenarios, the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from asteria_bench.cli import main
+from simulator.projection import Efficiency
+from simulator.whatif import SCENARIOS, WhatIf, run_whatif
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    hardware=st.sampled_from(["gb10", "gh200", "h100-sxm", "h100-pcie", "h200"]),
+    model=st.sampled_from(["gpt-default", "125m", "350m"]),
+    optimizer=st.sampled_from(["adamw", "shampoo", "soap", "kl-shampoo"]),
+    staleness=st.sampled_from(["sync", "bounded:2", "adaptive:6"]),
+    root_device=st.sampled_from(["host", "device"]),
+    gpus=st.sampled_from([1, 4]),
+    block_size=st.sampled_from([None, 256, 1024]),
+    efficiency=st.floats(0.05, 1.0),
+)
+def test_no_simulated_step_beats_its_roofline(
+    hardware: str,
+    model: str,
+    optimizer: str,
+    staleness: str,
+    root_device: str,
+    gpus: int,
+    block_size: int | None,
+    efficiency: float,
+) -> None:
+    eff = Efficiency(
+        gemm=efficiency,
+        optimizer=efficiency,
+        refresh_device=efficiency,
+        refresh_host=efficiency,
+        copy=efficiency,
+        collective=efficiency,
+    )
+    w = WhatIf(
+        hardware=hardware,
+        model=model,
+        optimizer=optimizer,
+        staleness=staleness,
+        root_device=root_device,
+        gpus_per_node=gpus,
+        steps=25,
+        block_size=block_size,
+        precondition_frequency=5,
+    )
+    result = run_whatif(w, eff)
+    assert result.min_step_ms >= result.lower_bound_ms * (1 - 1e-9)
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_scenarios_show_the_claims(name: str) -> None:
+    _, whatifs = SCENARIOS[name]
+    results = {w.describe(): run_whatif(w) for w in whatifs}
+    sync = results["SOAP, synchronous"]
+    asteria = results["SOAP, asteria (bounded:4, host roots)"]
+    assert asteria.spike <= sync.spike  # fewer latency spikes
+    assert asteria.mean_ms <= sync.mean_ms  # lower visible overhead on average
+    assert results["AdamW"].mean_ms <= asteria.mean_ms  # second order is not free
+
+
+def run_cli(args: list[str]) -> int:
+    try:
+        main(args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def test_simulate_sweep_writes_one_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = run_cli(
+        [
+            "simulate",
+            "--hardware",
+            "gh200,h100-sxm",
+            "--model",
+            "125m",
+            "--staleness",
+            "sync,bounded:4",
+            "--steps",
+            "30",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert rc == 0
+    frame = pd.read_csv(tmp_path / "simulate.csv")
+    assert len(frame) == 4
+    assert set(frame["hardware"]) == {"gh200", "h100-sxm"} and set(frame["staleness"]) == {
+        "sync",
+        "bounded:4",
+    }
+    assert "simulated" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--model", "70b"], "--model"),
+        (["--hardware", "tpu-v9"], "--hardware"),
+        (["--optimizer", "lion"], "--optimizer"),
+        (["--staleness", "later"], "--staleness"),
+        (["--nodes", "0"], "--nodes"),
+        (["--scenario", "moon-1t"], "--scenario"),
+    ],
+)
+def test_simulate_bad_input(
+    capsys: pytest.CaptureFixture[str], args: list[str], needle: str
+) -> None:
+    assert run_cli(["simulate", "--steps", "5", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err
+
+
+def test_profile_file_with_a_bad_field_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from simulator.profiles import PROFILES_DIR
+
+    text = (PROFILES_DIR / "gh200.toml").read_text().replace("value = 450e9", "value = -1", 1)
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text)
+    assert run_cli(["simulate", "--hardware", str(bad), "--model", "125m", "--steps", "5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "bad.toml" in err
