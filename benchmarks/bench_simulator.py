@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import environment_line, load_average, set_threads  # noqa: E402
-from simulator.replay import Fidelity, predict_run, replay_run  # noqa: E402
-from simulator.whatif import WhatIf, run_whatif  # noqa: E402
+from benchmarks._common import environment_line, load_average, set_threads
+from simulator.replay import Fidelity, predict_run, replay_run
+from simulator.whatif import WhatIf, run_whatif
 
 
 def record(out: Path, steps: int, quick: bool, extra: list[str]) -> Path:
