@@ -222,8 +222,15 @@ def validate(config: RunConfig) -> None:
         from runtime.policies.staleness import parse_staleness
 
         parse_staleness(r.staleness)
-    except ValueError:
-        need(False, "--staleness", "sync, bounded:TAU or adaptive:TAU_MAX", r.staleness)
+    except ValueError as exc:
+        if r.staleness.strip().lower().startswith("replay:"):
+            raise UserError(f"--staleness: {exc}") from None
+        need(
+            False,
+            "--staleness",
+            "sync, bounded:TAU, adaptive:TAU_MAX or replay:SCHEDULE.json",
+            r.staleness,
+        )
     need(r.workers >= 1, "--workers", "a positive integer", r.workers)
     need(r.root_device in ("host", "device"), "--root-device", "host or device", r.root_device)
 

@@ -30,6 +30,9 @@ from traces.io import TRACE_DIRNAME, read_trace, write_trace
 from traces.perfetto import PERFETTO_FILENAME, export_chrome_trace
 from traces.schema import RunMetadata
 
+SCHEDULE_FILENAME = "staleness_schedule.json"
+"""An adaptive run's τ choices; rerun with ``--staleness replay:<run>/staleness_schedule.json``."""
+
 
 def default_out(config: RunConfig) -> Path:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -95,6 +98,10 @@ def write_run(staging: Path, config: RunConfig, result: TrainResult, run_id: str
     frame = metrics_frame(result.metrics)
     write_metrics(staging / "metrics.parquet", frame)
     metadata = build_metadata(config, result, run_id)
+    if result.staleness_schedule:
+        from runtime.policies.staleness import schedule_to_json
+
+        atomic_write_text(staging / SCHEDULE_FILENAME, schedule_to_json(result.staleness_schedule))
     write_trace(staging, metadata, result.recorder.spans, result.recorder.counters)
     export_chrome_trace(read_trace(staging), staging / TRACE_DIRNAME / PERFETTO_FILENAME)
     if not frame.empty:

@@ -59,7 +59,7 @@ def replay_command(run_dir: Path, *, calibrate_on: Path | None, out: Path | None
             fidelity, result = predict_run(calibrate_on, run_dir)
             title = f"{run_dir} predicted from {calibrate_on}"
         measured = read_trace(run_dir)
-    except (TraceError, WorkloadError) as exc:
+    except (TraceError, WorkloadError, ValueError) as exc:
         raise UserError(str(exc)) from None
     _console().print(fidelity_table(fidelity, title))
     if out is not None:

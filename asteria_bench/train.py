@@ -69,6 +69,7 @@ class TrainResult:
     policies: dict[str, str]
     device: str
     stopped_early: str | None = None
+    staleness_schedule: dict[tuple[str, int], int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -300,4 +301,5 @@ def train(config: RunConfig, *, progress: ProgressCallback | None = None) -> Tra
         policies=policies,
         device=str(device),
         stopped_early=stopped,
+        staleness_schedule=getattr(execution.staleness, "choices", None),
     )

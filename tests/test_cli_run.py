@@ -230,3 +230,39 @@ def test_console_script_entry_point(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("asteria-bench: error: --optimizer")
+
+
+def test_adaptive_run_replays_bitwise_from_its_schedule(tmp_path: Path) -> None:
+    first, second = tmp_path / "adaptive", tmp_path / "replayed"
+    common = ["--optimizer", "soap", "--steps", "12", "--precondition-frequency", "3", *TINY]
+    assert run_cli(["run", "--out", str(first), "--staleness", "adaptive:4", *common]) == 0
+    schedule = first / "staleness_schedule.json"
+    assert schedule.is_file()
+    assert (
+        run_cli(
+            [
+                "run",
+                "--out",
+                str(second),
+                "--staleness",
+                f"replay:{schedule}",
+                "--workers",
+                "2",
+                *common,
+            ]
+        )
+        == 0
+    )
+    a = pd.read_parquet(first / "metrics.parquet")["loss"].tolist()
+    b = pd.read_parquet(second / "metrics.parquet")["loss"].tolist()
+    assert a == b
+
+
+def test_replay_of_a_missing_schedule_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = run_cli(
+        ["run", "--out", str(tmp_path / "r"), "--staleness", "replay:/no/such.json", *TINY]
+    )
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "/no/such.json" in err

@@ -14,6 +14,7 @@ is kept in ``choices`` so that a run can be replayed with ``Replay``.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -167,14 +168,40 @@ class Replay:
             ) from None
 
 
+def schedule_to_json(choices: dict[tuple[str, int], int]) -> str:
+    """An adaptive run's choices as JSON: ``[[block, version, install_step], ...]``."""
+    rows = sorted([block, version, install] for (block, version), install in choices.items())
+    return json.dumps({"schedule": rows}, indent=0) + "\n"
+
+
+def load_schedule(path: str) -> Replay:
+    """Read a schedule written by ``schedule_to_json``; errors name the file."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+        rows = data["schedule"]
+        schedule = {(str(b), int(v)): int(i) for b, v, i in rows}
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read the staleness schedule ({exc.strerror})") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(
+            f'{path}: not a staleness schedule (expected {{"schedule": [[block, version, step], ...]}}): {exc}'
+        ) from None
+    return Replay(schedule, source=path)
+
+
 def parse_staleness(text: str) -> StalenessPolicy:
-    """Parse ``sync``, ``bounded:TAU`` or ``adaptive:TAU_MAX``."""
-    spelled = text.strip().lower()
+    """Parse ``sync``, ``bounded:TAU``, ``adaptive:TAU_MAX`` or ``replay:SCHEDULE.json``."""
+    spelled = text.strip()
+    if spelled.lower().startswith("replay:"):
+        return load_schedule(spelled.partition(":")[2])
+    spelled = spelled.lower()
     if spelled == "sync":
         return Sync()
     kind, _, arg = spelled.partition(":")
     if kind in ("bounded", "adaptive") and arg.isdigit():
         return Bounded(int(arg)) if kind == "bounded" else Adaptive(int(arg))
     raise ValueError(
-        f"unknown staleness policy {text!r}; expected sync, bounded:TAU or adaptive:TAU_MAX"
+        f"unknown staleness policy {text!r}; expected sync, bounded:TAU, adaptive:TAU_MAX"
+        " or replay:SCHEDULE.json"
     )
