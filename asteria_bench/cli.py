@@ -283,6 +283,12 @@ def simulate(
     out: Annotated[
         Path | None, typer.Option(help="write the table as simulate.csv in this folder")
     ] = None,
+    convergence: Annotated[
+        Path | None,
+        typer.Option(
+            help="steps-to-target ratios: a summary.json of bench_convergence / bench_staleness"
+        ),
+    ] = None,
 ) -> None:
     """Simulate training on other hardware and policies (comma-separated values sweep).
 
@@ -305,7 +311,7 @@ def simulate(
         tokens_per_rank=tokens_per_rank,
         workers=workers,
     )
-    simulate_command(values, scenario=scenario, out=out)
+    simulate_command(values, scenario=scenario, out=out, convergence=convergence)
 
 
 def _click_classes(name: str) -> tuple[type[BaseException], ...]:

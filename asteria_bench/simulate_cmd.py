@@ -12,6 +12,14 @@ from rich.console import Console
 from rich.table import Table
 
 from asteria_bench.errors import UserError
+from simulator.convergence import (
+    DEFAULT_FILE,
+    ConvergenceError,
+    StepsRatio,
+    load_ratios,
+    steps_ratio_for,
+    time_to_target_ratio,
+)
 from simulator.replay import Fidelity, predict_run, replay_run
 from simulator.whatif import WhatIf, WhatIfResult
 from simulator.workload import WorkloadError
@@ -151,7 +159,9 @@ def validate_whatif(w: WhatIf) -> None:
         raise UserError(f"--root-device: expected host or device, got {w.root_device!r}")
 
 
-def results_table(results: list[WhatIfResult], title: str) -> Table:
+def results_table(
+    results: list[WhatIfResult], title: str, ratios: list[StepsRatio] | None = None
+) -> Table:
     table = Table(title=title)
     columns = [
         "configuration",
@@ -166,6 +176,7 @@ def results_table(results: list[WhatIfResult], title: str) -> Table:
         "wait ms/step",
         "opt. state GiB/rank",
         "vs AdamW (mean)",
+        "time to AdamW's loss vs AdamW",
     ]
     for c in columns:
         table.add_column(c, justify="left" if c == "configuration" else "right")
@@ -191,8 +202,21 @@ def results_table(results: list[WhatIfResult], title: str) -> Table:
             f"{r.wait_ms_per_step:.2f}",
             f"{r.state_gib_per_rank:.1f}{fits}",
             f"{r.mean_ms / base:.3f}" if base else "-",
+            _time_to_target(r, base, ratios or []),
         )
     return table
+
+
+def _time_to_target(r: WhatIfResult, adamw_mean_ms: float | None, ratios: list[StepsRatio]) -> str:
+    if not adamw_mean_ms:
+        return "-"
+    if r.whatif.optimizer == "adamw":
+        return "1.00"
+    ratio = steps_ratio_for(ratios, r.whatif.optimizer, r.whatif.staleness)
+    if ratio is None:
+        return "not measured"
+    value, plus_minus = time_to_target_ratio(r.mean_ms, adamw_mean_ms, ratio)
+    return f"{value:.2f} ± {plus_minus:.2f}"
 
 
 def results_frame(results: list[WhatIfResult]) -> pd.DataFrame:
@@ -214,7 +238,13 @@ def results_frame(results: list[WhatIfResult]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def simulate_command(values: dict[str, str], *, scenario: str | None, out: Path | None) -> None:
+def simulate_command(
+    values: dict[str, str],
+    *,
+    scenario: str | None,
+    out: Path | None,
+    convergence: Path | None = None,
+) -> None:
     import time
 
     from rich.progress import Progress
@@ -237,6 +267,13 @@ def simulate_command(values: dict[str, str], *, scenario: str | None, out: Path 
         )
     for w in whatifs:
         validate_whatif(w)
+    ratios: list[StepsRatio] = []
+    source = convergence if convergence is not None else DEFAULT_FILE
+    if convergence is not None or DEFAULT_FILE.exists():
+        try:
+            ratios = load_ratios(source)
+        except ConvergenceError as exc:
+            raise UserError(f"--convergence: {exc}") from None
     results = []
     started = time.perf_counter()
     console = Console(stderr=True)
@@ -246,11 +283,17 @@ def simulate_command(values: dict[str, str], *, scenario: str | None, out: Path 
             results.append(run_whatif(w))
             progress.advance(task)
     wall = time.perf_counter() - started
-    _console().print(results_table(results, title))
+    _console().print(results_table(results, title, ratios))
     simulated_s = sum(float(r.simulated.step_ns.sum()) for r in results) / 1e9
     print(
         f"simulated {simulated_s:.1f} s of training in {wall:.1f} s of wall time ({simulated_s / wall:.0f}x)"
     )
+    if ratios:
+        print(
+            f"Time to target = measured steps ratio ({source.name}: the default GPT on CPU, one seed)"
+            " x simulated mean step time; ± is the interpolation error of the loss curves."
+            " That the steps ratio carries over to this model size is an assumption."
+        )
     print(
         "Op times are rooflines divided by assumed efficiencies (simulator/projection.py, Efficiency);"
         " profile numbers marked 'assumed' are estimates (asteria-bench simulate --help)."

@@ -135,3 +135,44 @@ def test_profile_file_with_a_bad_field_is_one_line(
     assert run_cli(["simulate", "--hardware", str(bad), "--model", "125m", "--steps", "5"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "bad.toml" in err
+
+
+def test_convergence_ratios_and_time_to_target(tmp_path: Path) -> None:
+    import json
+
+    from simulator.convergence import (
+        ConvergenceError,
+        load_ratios,
+        steps_ratio_for,
+        time_to_target_ratio,
+    )
+
+    summary = {
+        "settings": {"eval_every": 10},
+        "best": [
+            {"optimizer": "adamw", "steps_to_target": 200.0, "steps_ratio": 1.0},
+            {"optimizer": "soap", "steps_to_target": 120.0, "steps_ratio": 0.6},
+            {
+                "optimizer": "soap",
+                "staleness": "bounded:8",
+                "steps_to_target": 130.0,
+                "steps_ratio": 0.65,
+            },
+            {"optimizer": "kl-shampoo", "steps_to_target": None, "steps_ratio": None},
+        ],
+    }
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps(summary))
+    ratios = load_ratios(path)
+    soap_sync = steps_ratio_for(ratios, "soap", "sync")
+    assert soap_sync is not None and soap_sync.ratio == 0.6 and soap_sync.plus_minus == 10 / 200
+    bounded = steps_ratio_for(ratios, "soap", "bounded:8")
+    assert bounded is not None and bounded.ratio == 0.65
+    fallback = steps_ratio_for(ratios, "soap", "bounded:4")
+    assert fallback is soap_sync
+    assert steps_ratio_for(ratios, "kl-shampoo", "sync") is None
+    value, plus_minus = time_to_target_ratio(150.0, 100.0, soap_sync)
+    assert value == pytest.approx(0.9) and plus_minus == pytest.approx(0.075)
+    path.write_text("{}")
+    with pytest.raises(ConvergenceError, match="summary.json"):
+        load_ratios(path)
