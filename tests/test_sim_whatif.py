@@ -174,5 +174,5 @@ def test_convergence_ratios_and_time_to_target(tmp_path: Path) -> None:
     value, plus_minus = time_to_target_ratio(150.0, 100.0, soap_sync)
     assert value == pytest.approx(0.9) and plus_minus == pytest.approx(0.075)
     path.write_text("{}")
-    with pytest.raises(ConvergenceError, match="summary.json"):
+    with pytest.raises(ConvergenceError, match=r"summary\.json"):
         load_ratios(path)
