@@ -314,6 +314,28 @@ def simulate(
     simulate_command(values, scenario=scenario, out=out, convergence=convergence)
 
 
+@app.command()
+def profile(
+    out: Annotated[Path, typer.Option(help="the profile file to write (.toml)")] = Path(
+        "local.toml"
+    ),
+    name: Annotated[str, typer.Option(help="the profile's name")] = "local",
+    disk_dir: Annotated[
+        Path | None, typer.Option(help="folder on the disk to measure (default: the temp folder)")
+    ] = None,
+    no_disk: Annotated[bool, typer.Option("--no-disk", help="skip the disk measurement")] = False,
+    quick: Annotated[bool, typer.Option("--quick", help="small sizes, a few seconds")] = False,
+) -> None:
+    """Measure this machine (GEMM, eigh, memory, pinned copies, disk) into a hardware profile.
+
+    Example: asteria-bench profile --out profiles/local.toml --disk-dir /mnt/nvme
+    then: asteria-bench simulate --hardware profiles/local.toml --model gpt-default
+    """
+    from asteria_bench.profile_cmd import profile_command
+
+    profile_command(out, name=name, disk_dir=disk_dir, no_disk=no_disk, quick=quick)
+
+
 def _click_classes(name: str) -> tuple[type[BaseException], ...]:
     """The class ``name`` from click and from typer's vendored click (typer >= 0.20)."""
     modules = [click.exceptions]

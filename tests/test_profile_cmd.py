@@ -1,0 +1,54 @@
+"""``asteria-bench profile`` measures this machine into a loadable profile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from asteria_bench.cli import main
+from simulator.profiles import Basis, load_profile
+
+
+def run_cli(args: list[str]) -> int:
+    try:
+        main(args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def test_profile_writes_a_measured_profile_that_simulates(tmp_path: Path) -> None:
+    out = tmp_path / "local.toml"
+    assert run_cli(["profile", "--out", str(out), "--quick", "--disk-dir", str(tmp_path)]) == 0
+    profile = load_profile(out)
+    quantities = profile.quantities()
+    assert profile.host.cpu_fp32_flops.value > 1e6
+    assert profile.nvme.read_bandwidth.basis is Basis.MEASURED
+    assert profile.nvme.read_bandwidth.value > 0 and profile.nvme.write_bandwidth.value > 0
+    measured = [q for q in quantities.values() if q.basis is Basis.MEASURED]
+    assert len(measured) >= len(quantities) - 2  # only latencies may be assumed
+    assert not list(tmp_path.glob(".asteria-probe-*")), "the disk probe file must be removed"
+    assert (
+        run_cli(
+            [
+                "simulate",
+                "--hardware",
+                str(out),
+                "--model",
+                "gpt-default",
+                "--steps",
+                "5",
+                "--tokens-per-rank",
+                "1024",
+            ]
+        )
+        == 0
+    )
+
+
+def test_profile_refuses_a_folder_as_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_cli(["profile", "--out", str(tmp_path), "--quick", "--no-disk"]) == 2
+    assert "--out" in capsys.readouterr().err
