@@ -8,6 +8,7 @@ warm-up; sizes are chosen so that one measurement takes tens of milliseconds.
 
 from __future__ import annotations
 
+import functools
 import mmap
 import os
 import statistics
@@ -70,7 +71,7 @@ def eigh_seconds(sizes: tuple[int, ...] = (128, 256, 512)) -> dict[int, float]:
     for n in sizes:
         x = torch.randn(n, n)
         a = x @ x.T
-        out[n] = _median_seconds(lambda a=a: torch.linalg.eigh(a), 3)
+        out[n] = _median_seconds(functools.partial(torch.linalg.eigh, a), 3)
     return out
 
 
