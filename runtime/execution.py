@@ -13,6 +13,7 @@ only in the way ALGORITHMS.md §6 defines: a refresh applied later.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from runtime.policies.staleness import StalenessPolicy, Sync
 from traces.recorder import NULL_RECORDER, Recorder
@@ -43,6 +44,10 @@ class ExecutionConfig:
     root_device: str = "host"
     stagger: bool = False
     hooks: bool = True
+    placement: Any = None  # a runtime.policies.placement policy; None: all state on the device
+    device_budget_bytes: int | None = None  # None: no limit (GPU: its free memory)
+    host_budget_bytes: int | None = None
+    spill: Any = None  # a runtime.spill.SpillStore for the NVMe tier
     recorder: Recorder = field(default=NULL_RECORDER, compare=False, repr=False)
     trace_blocks: bool = True
 
@@ -54,7 +59,8 @@ class ExecutionConfig:
 
     def describe(self) -> dict[str, str]:
         """Policies as plain strings, for run metadata."""
-        out = {"staleness": self.staleness.name, "placement": "device"}
+        placement = "device" if self.placement is None else self.placement.name
+        out = {"staleness": self.staleness.name, "placement": placement}
         if self.staleness.asynchronous:
             out["workers"] = str(self.workers)
             out["root_device"] = self.root_device

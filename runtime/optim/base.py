@@ -79,7 +79,7 @@ class BlockedOptimizer(torch.optim.Optimizer):
         self.execution = execution if execution is not None else ExecutionConfig()
         self._recorder = self.execution.recorder
         self._trace_blocks = self.execution.trace_blocks and self._recorder.enabled
-        self.store = StateStore()
+        self.store: StateStore = StateStore()
         self.scheduler = self._make_scheduler()
         self._calls = 0
         self._stagger: dict[str, int] = {}
@@ -88,17 +88,21 @@ class BlockedOptimizer(torch.optim.Optimizer):
         self._param_blocks: dict[int, list[Block]] = {}
         self._param_index: dict[int, int] = {}
         self._params: list[torch.Tensor] = []
+        self._group_of: dict[int, dict[str, Any]] = {}
         index = 0
         for group in self.param_groups:
             for p in group["params"]:
                 blocks = partition(index, p.shape, group.get("block_size"))
                 self._param_index[id(p)] = index
+                self._group_of[index] = group
                 self._params.append(p)
                 self._param_blocks[index] = blocks
                 self.blocks.extend(blocks)
                 index += 1
         matrix_blocks = [b for b in self.blocks if b.is_matrix]
         self._stagger = {b.id: ordinal for ordinal, b in enumerate(matrix_blocks)}
+        if self.execution.placement is not None:
+            self.store = self._make_tiered_store()
         self._hook_handles: list[Any] = []
         if self.execution.staleness.asynchronous and self.execution.hooks:
             self._register_hooks()
@@ -142,6 +146,39 @@ class BlockedOptimizer(torch.optim.Optimizer):
         for block in self._param_blocks[index]:
             if block.is_matrix and self.scheduler.prefetch(block.id, next_t, p.device):
                 self._recorder.counter("prefetched", 1, step=self._calls + 1, key=block.id)
+
+    def _make_tiered_store(self) -> StateStore:
+        from runtime.tiers import BudgetError, TieredStateStore
+
+        execution = self.execution
+        device = self._params[0].device if self._params else torch.device("cpu")
+        unlimited = 1 << 62
+        device_budget = execution.device_budget_bytes or unlimited
+        store = TieredStateStore(
+            execution.placement,
+            device,
+            device_budget_bytes=device_budget,
+            host_budget_bytes=execution.host_budget_bytes or unlimited,
+            recorder=self._recorder,
+            spill=execution.spill,
+        )
+        # Refuse a budget below one block's hot working set before any training.
+        for block in self.blocks:
+            if not block.is_matrix:
+                continue
+            group = self._group_of[block.param_index]
+            element = torch.finfo(state_dtype(self._params[block.param_index])).bits // 8
+            needed = self._hot_working_set_bytes(block, group, element)
+            if needed > device_budget:
+                raise BudgetError(
+                    f"device budget {device_budget} bytes is smaller than block {block.id}'s hot working set"
+                    f" ({needed} bytes: its factors, bases or roots and moments, shape {block.shape})"
+                )
+        return store
+
+    def _hot_working_set_bytes(self, block: Block, group: dict[str, Any], element_size: int) -> int:
+        """Bytes of every slot a block's update computes on (all staged at once)."""
+        raise NotImplementedError
 
     def close(self) -> None:
         """Join the refresh workers; the optimizer can still checkpoint, not step."""
@@ -201,6 +238,9 @@ class BlockedOptimizer(torch.optim.Optimizer):
                 loss = closure()
         self._calls += 1
         self.scheduler.begin_step(self._calls)
+        begin_step = getattr(self.store, "begin_step", None)
+        if begin_step is not None:
+            begin_step(self._calls)
         with self._recorder.span("optimizer_step", Category.OPTIMIZER, step=self._calls):
             for group in self.param_groups:
                 for p in group["params"]:
@@ -235,6 +275,7 @@ class BlockedOptimizer(torch.optim.Optimizer):
                 return
         pstate["step"] += 1
         t = pstate["step"]
+        release = getattr(self.store, "release", None)
         for block in blocks:
             state = self.store.get(block.id)
             wb = block_view(w2, block)
@@ -249,6 +290,8 @@ class BlockedOptimizer(torch.optim.Optimizer):
             else:
                 hp = self._fallback_hyperparameters(group)
                 adamw_step(wb, gb, state, step=t, lr=group["lr"], **hp)
+            if release is not None:
+                release(block.id, state)
 
     def _submit_refresh(
         self, block: Block, version: int, compute: Callable[[Any], Any], inputs: Any

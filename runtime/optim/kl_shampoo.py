@@ -123,6 +123,11 @@ class KLShampoo(BlockedOptimizer):
         dmax = group["max_precond_dim"]
         return dmax is None or dim <= dmax
 
+    def _hot_working_set_bytes(self, block: Block, group: dict[str, Any], element_size: int) -> int:
+        a, b = block.shape
+        sides = sum(2 * d * d for d in (a, b) if self._rotated(d, group))
+        return element_size * (sides + a * b + a + b)
+
     def _init_block(self, block: Block, g: torch.Tensor, group: dict[str, Any]) -> KLShampooState:
         a, b = g.shape
         w = 1.0 - group["shampoo_beta"]

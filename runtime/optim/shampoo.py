@@ -143,6 +143,11 @@ class Shampoo(BlockedOptimizer):
             bias_correction=group["bias_correction"],
         )
 
+    def _hot_working_set_bytes(self, block: Block, group: dict[str, Any], element_size: int) -> int:
+        a, b = block.shape
+        moments = 2 * a * b if group["grafting"] == "adam" else a * b
+        return element_size * (2 * a * a + 2 * b * b + moments)
+
     def _init_block(self, block: Block, g: torch.Tensor, group: dict[str, Any]) -> ShampooState:
         a, b = g.shape
         dtype, device = g.dtype, g.device

@@ -157,6 +157,12 @@ class SOAP(BlockedOptimizer):
             bias_correction=group["bias_correction"],
         )
 
+    def _hot_working_set_bytes(self, block: Block, group: dict[str, Any], element_size: int) -> int:
+        a, b = block.shape
+        dmax = group["max_precond_dim"]
+        sides = sum(2 * d * d for d in (a, b) if d <= dmax)
+        return element_size * (sides + 2 * a * b)
+
     def _init_block(self, block: Block, g: torch.Tensor, group: dict[str, Any]) -> SOAPState:
         a, b = g.shape
         w = 1.0 - group["shampoo_beta"]

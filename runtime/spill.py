@@ -1,0 +1,901 @@
+"""The NVMe spill tier: optimizer-state tensors as checked files in a per-run folder.
+
+A ``SpillDirectory`` is a fresh 0700 folder made inside the user's
+``--spill-dir``; it is removed by ``close()``, at interpreter exit, and on
+SIGTERM / SIGINT (the previous handler runs afterwards, so Ctrl-C still stops
+the program). A ``SpillStore`` writes one file per ``(block id, slot)`` key on a
+pool of I/O threads and reads it back into a new host tensor (pinned where CUDA
+is present), checking a CRC-32 of the payload on every read.
+
+File format (little endian, version 1)::
+
+    offset 0            16-byte prefix: b"ASPL", u16 version, u16 flags (0),
+                        u32 header_bytes, u32 json_len
+    offset 16           JSON: block, slot, dtype, shape, nbytes, skew, crc32 (8 hex digits)
+    after the JSON      u32 CRC-32 of prefix + JSON; zeros up to header_bytes
+    header_bytes        ``skew`` zero bytes, the raw tensor bytes, zeros up to a
+                        multiple of 4096
+
+``header_bytes`` is a multiple of 4096 (4096 unless the shape is huge).
+``skew`` (0-4095) is the tensor's address modulo 4096 when it was written with
+O_DIRECT: the payload then sits in the file exactly as in memory relative to
+4 KiB blocks, so all but its first and last block go straight from the
+tensor's memory to the device (no copy), and a tensor read back keeps the same
+skew (it re-spills without a copy too). Nothing is pickled.
+
+I/O mode: O_DIRECT with page-aligned buffers where the file system takes it
+(probed once per directory, ``SpillDirectory.direct_io``), else buffered writes
+followed by ``fdatasync`` and ``posix_fadvise(DONTNEED)``, so that a spilled
+tensor really leaves host memory (no page-cache copy) in both modes. Files are
+scratch: a crash loses them with the run, so O_DIRECT writes are not fsynced.
+
+Failure contract (for the tier manager): a write that fails for any OS reason
+raises ``SpillWriteError`` (``SpillFull`` for ENOSPC / EDQUOT) from the future,
+with ``key`` and ``path`` set; the partial file is gone and the key is absent
+from the store (an older version of it is dropped too, so a stale copy can
+never be read). The store has already counted the failure, recorded a
+``spill_write_failed`` event on its recorder and called ``on_failure``; the
+caller keeps the tensor on the host. A read that fails raises
+``SpillReadError`` (``ChecksumError`` when the bytes or the header do not
+match what was written): the state is lost, never silently wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import hashlib
+import itertools
+import json
+import mmap
+import os
+import re
+import shutil
+import signal
+import stat
+import struct
+import tempfile
+import threading
+import time
+import weakref
+import zlib
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
+
+import numpy as np
+
+from traces.recorder import NULL_RECORDER, Recorder
+from traces.schema import NO_STEP, Category, Tier
+
+if TYPE_CHECKING:  # torch is imported where a tensor is touched, so that a process can
+    import torch  # set up (and clean up) its spill directory without loading torch
+
+__all__ = [
+    "ALIGN",
+    "ChecksumError",
+    "SpillDirectory",
+    "SpillError",
+    "SpillFile",
+    "SpillFull",
+    "SpillKey",
+    "SpillReadError",
+    "SpillStats",
+    "SpillStore",
+    "SpillWriteError",
+    "probe_direct_io",
+]
+
+ALIGN = 4096
+"""Alignment of the payload offset, of its padded length and of every O_DIRECT buffer."""
+
+MAGIC = b"ASPL"
+FORMAT_VERSION = 1
+DEFAULT_SEGMENT_BYTES = 8 * 2**20
+"""Bounce-buffer size for the one case that needs more than a block: a read into an
+``out`` tensor whose address modulo 4096 differs from the file's skew."""
+
+_PREFIX = struct.Struct("<4sHHII")  # magic, version, flags, header_bytes, json_len
+_U32 = struct.Struct("<I")
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+Writer = Callable[[int, Any], int]
+"""``os.write``'s signature: (fd, bytes-like) -> bytes written."""
+
+
+class SpillError(OSError):
+    """A spill-tier failure; ``str()`` is one line naming the path (and key) at fault."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        key: SpillKey | None = None,
+        code: int | None = None,
+    ) -> None:
+        if code is None:
+            super().__init__(message)
+        else:
+            super().__init__(code, message)
+        self.message = message
+        self.path = None if path is None else Path(path)
+        self.key = key
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class SpillWriteError(SpillError):
+    """A write failed (EIO, EROFS, a removed directory...); the tensor was not spilled."""
+
+
+class SpillFull(SpillWriteError):
+    """A write failed because the device or the quota is full (ENOSPC, EDQUOT)."""
+
+
+class SpillReadError(SpillError):
+    """A spilled tensor could not be read back."""
+
+
+class ChecksumError(SpillReadError):
+    """The bytes on disk are not the bytes that were written."""
+
+
+class SpillKey(NamedTuple):
+    """One tensor of the state store: a block id and the name of one of its slots."""
+
+    block: str
+    slot: str
+
+
+@dataclass(frozen=True)
+class SpillFile:
+    """What the store knows of one spilled tensor (and what its header repeats)."""
+
+    key: SpillKey
+    path: Path
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    nbytes: int
+    crc32: int
+    header_bytes: int
+    skew: int  # the payload starts at header_bytes + skew
+
+    @property
+    def payload_offset(self) -> int:
+        return self.header_bytes + self.skew
+
+    @property
+    def file_bytes(self) -> int:
+        return self.header_bytes + _align_up(self.skew + self.nbytes)
+
+
+@dataclass
+class SpillStats:
+    """Totals since the store opened. Seconds are summed over I/O threads (busy time)."""
+
+    writes: int = 0
+    reads: int = 0
+    bytes_written: int = 0
+    bytes_read: int = 0
+    write_s: float = 0.0
+    read_s: float = 0.0
+    failures: int = 0
+
+
+def _align_up(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+def _addr(array: np.ndarray) -> int:
+    return int(array.__array_interface__["data"][0])
+
+
+def _aligned_buffer(nbytes: int) -> np.ndarray:
+    """Zeroed, page-aligned host memory (an anonymous mmap) as a uint8 array."""
+    return np.frombuffer(mmap.mmap(-1, max(nbytes, ALIGN)), dtype=np.uint8)[:nbytes]
+
+
+# ---------------------------------------------------------------------------
+# The per-run directory and its clean-up on exit and on signals.
+
+_registry_lock = threading.RLock()  # re-entrant: a signal may land while it is held
+_live: dict[int, SpillDirectory] = {}
+_previous_handlers: dict[int, Any] = {}
+_HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _remove_tree(path: str) -> None:
+    """Remove ``path``; retried because an I/O thread may add a file meanwhile."""
+    for _ in range(3):
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.lexists(path):
+            return
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    with _registry_lock:
+        directories = list(_live.values())
+    for directory in directories:
+        if signum != signal.SIGINT or directory.cleanup_on_sigint:
+            directory.close()
+    previous = _previous_handlers.get(signum, signal.SIG_DFL)
+    if callable(previous):
+        previous(signum, frame)
+    elif signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    else:  # SIG_DFL: die of the signal, as without us (the exit status says so)
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        raise SystemExit(128 + signum)
+
+
+def _install_handlers() -> None:
+    """Chain our handler in front of the current one (main thread, SIG_IGN respected)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in _HANDLED_SIGNALS:
+        if signum in _previous_handlers:
+            continue
+        current = signal.getsignal(signum)
+        if current is signal.SIG_IGN or current is None:  # ignored, or a handler not ours to chain
+            continue
+        _previous_handlers[signum] = current
+        signal.signal(signum, _on_signal)
+
+
+def _restore_handlers() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return  # left installed: with no live directory it only chains
+    for signum, previous in list(_previous_handlers.items()):
+        if signal.getsignal(signum) is _on_signal:
+            signal.signal(signum, previous)
+        del _previous_handlers[signum]
+
+
+class SpillDirectory:
+    """A fresh, private (0700) folder inside ``parent`` that is removed whatever happens.
+
+    Removed by ``close()`` (idempotent), when garbage collected, at interpreter
+    exit (``weakref.finalize`` runs from ``atexit``) and, with
+    ``handle_signals``, on SIGTERM and SIGINT before the previous handler runs
+    (SIGINT then still raises ``KeyboardInterrupt``). Handlers are installed
+    only from the main thread and restored when the last directory closes.
+    With ``cleanup_on_sigint=False`` a Ctrl-C leaves the files until exit, for
+    a program that catches ``KeyboardInterrupt`` and still needs them (say, to
+    write a checkpoint).
+    """
+
+    def __init__(
+        self,
+        parent: str | os.PathLike[str],
+        *,
+        handle_signals: bool = True,
+        cleanup_on_sigint: bool = True,
+    ) -> None:
+        parent_path = Path(parent).expanduser()
+        if not parent_path.is_dir():
+            what = "does not exist" if not parent_path.exists() else "is not a directory"
+            raise SpillError(f"spill directory parent {parent_path} {what}", path=parent_path)
+        if not os.access(parent_path, os.W_OK | os.X_OK):
+            raise SpillError(
+                f"spill directory parent {parent_path} is not writable", path=parent_path
+            )
+        try:
+            path = tempfile.mkdtemp(prefix="asteria-spill-", dir=parent_path)
+        except OSError as exc:
+            raise SpillError(
+                f"cannot create a spill directory in {parent_path}: {exc.strerror}",
+                path=parent_path,
+                code=exc.errno,
+            ) from exc
+        os.chmod(path, stat.S_IRWXU)
+        self.path = Path(path)
+        self.cleanup_on_sigint = cleanup_on_sigint
+        self._direct_io: bool | None = None
+        self._finalizer = weakref.finalize(self, _remove_tree, path)
+        with _registry_lock:
+            _live[id(self)] = self
+            if handle_signals:
+                _install_handlers()
+
+    @property
+    def closed(self) -> bool:
+        return not self._finalizer.alive
+
+    @property
+    def direct_io(self) -> bool:
+        """Whether O_DIRECT works here (probed on first use, then remembered)."""
+        if self._direct_io is None:
+            self._direct_io = probe_direct_io(self.path)
+        return self._direct_io
+
+    def close(self) -> None:
+        """Remove every file and the folder. Safe to call twice, from any thread."""
+        self._finalizer()
+        with _registry_lock:
+            if _live.pop(id(self), None) is not None and not _live:
+                _restore_handlers()
+
+    def __enter__(self) -> SpillDirectory:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SpillDirectory({str(self.path)!r}{', closed' if self.closed else ''})"
+
+
+def probe_direct_io(directory: str | os.PathLike[str]) -> bool:
+    """Whether an aligned O_DIRECT write and read of one block work in ``directory``."""
+    if not _O_DIRECT:
+        return False
+    path = Path(directory) / f".direct-probe-{os.getpid()}-{threading.get_ident()}"
+    buffer = _aligned_buffer(ALIGN)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | _O_DIRECT, 0o600)
+        try:
+            return os.write(fd, buffer.data) == ALIGN and os.preadv(fd, [buffer.data], 0) == ALIGN
+        finally:
+            os.close(fd)
+    except OSError:
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+# ---------------------------------------------------------------------------
+# The header.
+
+
+def _header_meta(entry: SpillFile) -> dict[str, Any]:
+    return {
+        "block": entry.key.block,
+        "slot": entry.key.slot,
+        "dtype": str(entry.dtype).removeprefix("torch."),
+        "shape": list(entry.shape),
+        "nbytes": entry.nbytes,
+        "skew": entry.skew,
+        "crc32": f"{entry.crc32:08x}",
+    }
+
+
+def _encode_header(entry: SpillFile) -> bytes:
+    """The header of ``entry`` (whose ``header_bytes`` is ignored and recomputed)."""
+    body = json.dumps(_header_meta(entry), separators=(",", ":")).encode()
+    header_bytes = _align_up(_PREFIX.size + len(body) + _U32.size)
+    head = _PREFIX.pack(MAGIC, FORMAT_VERSION, 0, header_bytes, len(body)) + body
+    return (head + _U32.pack(zlib.crc32(head))).ljust(header_bytes, b"\0")
+
+
+def _check_header(raw: np.ndarray, entry: SpillFile) -> None:
+    """Raise ``ChecksumError`` unless ``raw`` is the header ``entry`` was written with."""
+    data = raw.tobytes()
+    magic, version, _, header_bytes, json_len = _PREFIX.unpack_from(data)
+    end = _PREFIX.size + json_len
+    if magic != MAGIC or version != FORMAT_VERSION or header_bytes != entry.header_bytes:
+        why = f"not a version-{FORMAT_VERSION} spill file header"
+    elif end + _U32.size > len(data) or _U32.unpack_from(data, end)[0] != zlib.crc32(data[:end]):
+        why = "header checksum mismatch"
+    else:
+        meta = json.loads(data[_PREFIX.size : end])
+        expected = _header_meta(entry)
+        if meta == expected:
+            return
+        why = f"header {meta} does not match what was written ({expected})"
+    raise ChecksumError(
+        f"spilled tensor {tuple(entry.key)} in {entry.path}: {why}",
+        path=entry.path,
+        key=entry.key,
+        code=errno.EIO,
+    )
+
+
+# ---------------------------------------------------------------------------
+# The store.
+
+
+def _as_key(key: SpillKey | tuple[str, str]) -> SpillKey:
+    if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, str) for k in key)):
+        raise TypeError(f"a spill key is a (block id, slot) pair of strings, got {key!r}")
+    return SpillKey(*key)
+
+
+def _file_name(key: SpillKey) -> str:
+    """A readable, collision-free file name for any key (ids may hold '/' or spaces)."""
+    digest = hashlib.blake2s(json.dumps(list(key)).encode(), digest_size=6).hexdigest()
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{key.block}.{key.slot}")[:80]
+    return f"{readable}-{digest}.spill"
+
+
+def _write_all(writer: Writer, fd: int, data: np.ndarray) -> None:
+    view = data.data
+    while view:
+        written = writer(fd, view)
+        if written <= 0:
+            raise OSError(errno.EIO, "write made no progress")
+        view = view[written:]
+
+
+def _pread_all(fd: int, out: np.ndarray, offset: int) -> None:
+    done = 0
+    while done < len(out):
+        got = os.preadv(fd, [out[done:].data], offset + done)
+        if got == 0:
+            raise EOFError(f"file ends {len(out) - done} bytes early")
+        done += got
+
+
+def _pieces(nbytes: int, skew: int, direct: bool) -> list[tuple[int, int, bool]]:
+    """Payload ranges ``(start, end, in_place)`` in file order, for a payload that starts
+    ``skew`` bytes into its first block and a memory address with the same skew.
+
+    An ``in_place`` range moves straight between the tensor's memory and the
+    file (aligned address, offset and length, as O_DIRECT needs); the others are
+    a partial first or last block, moved through an aligned, zero-padded buffer.
+    Buffered I/O moves everything in place and pads the last block.
+    """
+    if not direct:
+        body = nbytes - nbytes % ALIGN
+        return [(0, body, True)] * bool(body) + [(body, nbytes, False)] * (body < nbytes)
+    head = min(nbytes, -skew % ALIGN)
+    body = (nbytes - head) // ALIGN * ALIGN
+    pieces = [(0, head, False), (head, head + body, True), (head + body, nbytes, False)]
+    return [p for p in pieces if p[1] > p[0]]
+
+
+class SpillStore:
+    """Spilled tensors by ``(block id, slot)``; I/O on a pool of ``threads`` threads.
+
+    ``directory`` is a ``SpillDirectory`` (which the caller closes), or a
+    parent folder in which the store makes its own and removes it on
+    ``close()``. ``direct_io``: None probes, False forces buffered I/O, True
+    requires O_DIRECT. ``writer`` replaces ``os.write`` (tests inject ENOSPC).
+    ``on_failure`` is called on the I/O thread with each ``SpillWriteError``
+    before it is raised from the future. Reads return pinned tensors when
+    ``pin_memory`` (default: CUDA is available).
+
+    Thread-safety: every method may be called from any thread. Operations on
+    one key run in submission order (each waits for the key's previous one, so
+    a read submitted after a write sees it); a tensor being written must not
+    be modified until its future is done (it is read in place, not copied).
+    ``key in store``, ``keys()`` and ``total_bytes()`` reflect completed writes.
+    """
+
+    def __init__(
+        self,
+        directory: SpillDirectory | str | os.PathLike[str],
+        *,
+        threads: int = 2,
+        recorder: Recorder = NULL_RECORDER,
+        writer: Writer = os.write,
+        direct_io: bool | None = None,
+        pin_memory: bool | None = None,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        on_failure: Callable[[SpillWriteError], None] | None = None,
+    ) -> None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        if segment_bytes < ALIGN or segment_bytes % ALIGN:
+            raise ValueError(
+                f"segment_bytes must be a positive multiple of {ALIGN}, got {segment_bytes}"
+            )
+        self._owns_directory = not isinstance(directory, SpillDirectory)
+        self.directory = (
+            directory if isinstance(directory, SpillDirectory) else SpillDirectory(directory)
+        )
+        if direct_io and not self.directory.direct_io:
+            if self._owns_directory:
+                self.directory.close()
+            raise SpillError(
+                f"O_DIRECT is not supported in {self.directory.path}", path=self.directory.path
+            )
+        self.direct_io: bool = self.directory.direct_io if direct_io is None else direct_io
+        import torch
+
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self._recorder = recorder
+        self._writer = writer
+        self._segment_bytes = segment_bytes
+        self._on_failure = on_failure
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="spill-io")
+        self._lock = threading.Lock()
+        self._index: dict[SpillKey, SpillFile] = {}
+        self._pending: dict[SpillKey, Future[Any]] = {}  # each key's last operation
+        self._stats = SpillStats()
+        self._local = threading.local()
+        self._serial = itertools.count()
+        self._closed = False
+
+    # -- queries ------------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        return self.directory.path
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._index
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._index)
+
+    def keys(self) -> list[SpillKey]:
+        with self._lock:
+            return list(self._index)
+
+    def entry(self, key: SpillKey | tuple[str, str]) -> SpillFile:
+        with self._lock:
+            return self._index[_as_key(key)]
+
+    def total_bytes(self) -> int:
+        """Tensor bytes held (``numel * element_size``, as ``runtime.state.state_bytes``)."""
+        with self._lock:
+            return sum(e.nbytes for e in self._index.values())
+
+    def disk_bytes(self) -> int:
+        """Bytes of the files, headers and padding included."""
+        with self._lock:
+            return sum(e.file_bytes for e in self._index.values())
+
+    def stats(self) -> SpillStats:
+        with self._lock:
+            return dataclasses.replace(self._stats)
+
+    # -- operations ---------------------------------------------------------
+
+    def write_async(
+        self, key: SpillKey | tuple[str, str], tensor: torch.Tensor, *, step: int = NO_STEP
+    ) -> Future[None]:
+        """Spill ``tensor`` (CPU, contiguous, any dtype) under ``key``, replacing any earlier one."""
+        key = _as_key(key)
+        if tensor.device.type != "cpu" or not tensor.is_contiguous():
+            raise ValueError(
+                f"spill {tuple(key)}: expected a contiguous CPU tensor, got {tensor.device} "
+                f"{'contiguous' if tensor.is_contiguous() else 'non-contiguous'}"
+            )
+        with self._lock:
+            self._check_open()
+            before = self._pending.get(key)
+            future = self._pool.submit(self._write_job, key, tensor.detach(), before, step)
+            self._pending[key] = future
+        future.add_done_callback(lambda f: self._settle(key, f))
+        return future
+
+    def read_async(
+        self,
+        key: SpillKey | tuple[str, str],
+        *,
+        out: torch.Tensor | None = None,
+        step: int = NO_STEP,
+    ) -> Future[torch.Tensor]:
+        """Read ``key`` back into a new host tensor, or into ``out`` (same dtype and shape)."""
+        key = _as_key(key)
+        with self._lock:
+            self._check_open()
+            before = self._pending.get(key)
+            if before is None and key not in self._index:
+                raise KeyError(f"no spilled tensor for {tuple(key)}")
+            future = self._pool.submit(self._read_job, key, before, out, step)
+            self._pending[key] = future
+        future.add_done_callback(lambda f: self._settle(key, f))
+        return future
+
+    def write(
+        self, key: SpillKey | tuple[str, str], tensor: torch.Tensor, *, step: int = NO_STEP
+    ) -> None:
+        self.write_async(key, tensor, step=step).result()
+
+    def read(
+        self,
+        key: SpillKey | tuple[str, str],
+        *,
+        out: torch.Tensor | None = None,
+        step: int = NO_STEP,
+    ) -> torch.Tensor:
+        return self.read_async(key, out=out, step=step).result()
+
+    def remove(self, key: SpillKey | tuple[str, str]) -> None:
+        """Delete ``key``'s file (after its pending operations). KeyError if absent."""
+        key = _as_key(key)
+        with self._lock:
+            before = self._pending.get(key)
+        if before is not None:
+            wait_futures([before])
+        with self._lock:
+            entry = self._index.pop(key, None)
+        if entry is None:
+            raise KeyError(f"no spilled tensor for {tuple(key)}")
+        with contextlib.suppress(FileNotFoundError):
+            entry.path.unlink()
+
+    def flush(self) -> None:
+        """Wait for every operation submitted so far (errors stay on their futures)."""
+        with self._lock:
+            pending = list(self._pending.values())
+        wait_futures(pending)
+
+    def close(self) -> None:
+        """Finish running I/O, cancel queued I/O, delete every file. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            entries = list(self._index.values())
+            self._index.clear()
+        for entry in entries:
+            with contextlib.suppress(FileNotFoundError):
+                entry.path.unlink()
+        if self._owns_directory:
+            self.directory.close()
+
+    def __enter__(self) -> SpillStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ----------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SpillError(f"spill store in {self.path} is closed", path=self.path)
+        if self.directory.closed:
+            raise SpillError(f"spill directory {self.path} was removed", path=self.path)
+
+    def _settle(self, key: SpillKey, future: Future[Any]) -> None:
+        with self._lock:
+            if self._pending.get(key) is future:
+                del self._pending[key]
+
+    def _staging(self, nbytes: int) -> np.ndarray:
+        """Aligned memory for this I/O thread: its ``segment_bytes`` bounce buffer, reused."""
+        if nbytes > self._segment_bytes:
+            return _aligned_buffer(nbytes)
+        bounce = getattr(self._local, "bounce", None)
+        if bounce is None:
+            bounce = self._local.bounce = _aligned_buffer(self._segment_bytes)
+        return bounce[:nbytes]
+
+    def _write_job(
+        self, key: SpillKey, tensor: torch.Tensor, before: Future[Any] | None, step: int
+    ) -> None:
+        if before is not None:
+            wait_futures([before])
+        nbytes = tensor.numel() * tensor.element_size()
+        final = self.path / _file_name(key)
+        tmp = final.with_name(f"{final.name}.{next(self._serial)}.tmp")
+        start_ns, t0 = self._recorder.clock(), time.perf_counter()
+        try:
+            self._check_open()
+            entry = self._write_file(key, tensor, final, tmp)
+        except OSError as exc:
+            self._fail_write(key, tmp, nbytes, step, exc)
+        except BaseException:  # not an I/O failure (a bug, an interrupt): no partial file either
+            self._discard(key, tmp)
+            raise
+        seconds = time.perf_counter() - t0
+        with self._lock:
+            self._index[key] = entry
+            self._stats.writes += 1
+            self._stats.bytes_written += nbytes
+            self._stats.write_s += seconds
+        self._recorder.add_span(
+            "spill_write",
+            Category.IO,
+            start_ns,
+            self._recorder.clock(),
+            step=step,
+            block=key.block,
+            nbytes=nbytes,
+            tier_from=Tier.HOST,
+            tier_to=Tier.NVME,
+            detail=key.slot,
+        )
+
+    def _write_file(self, key: SpillKey, tensor: torch.Tensor, final: Path, tmp: Path) -> SpillFile:
+        import torch
+
+        payload = tensor.resolve_conj().resolve_neg().reshape(-1).view(torch.uint8).numpy()
+        nbytes = len(payload)
+        skew = _addr(payload) % ALIGN if self.direct_io and nbytes else 0
+        crc = zlib.crc32(payload.data)
+        entry = SpillFile(key, final, tensor.dtype, tuple(tensor.shape), nbytes, crc, 0, skew)
+        header = _encode_header(entry)
+        entry = dataclasses.replace(entry, header_bytes=len(header))
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | (_O_DIRECT if self.direct_io else 0)
+        fd = os.open(tmp, flags, 0o600)
+        try:
+            staged = self._staging(len(header))
+            staged[:] = np.frombuffer(header, np.uint8)
+            _write_all(self._writer, fd, staged)
+            for start, end, in_place in _pieces(nbytes, skew, self.direct_io):
+                if in_place:
+                    _write_all(self._writer, fd, payload[start:end])
+                else:  # a partial first or last block: zero-filled around the bytes
+                    lo = start + skew - (start + skew) % ALIGN
+                    staged = self._staging(_align_up(end + skew) - lo)
+                    staged[:] = 0
+                    staged[start + skew - lo : end + skew - lo] = payload[start:end]
+                    _write_all(self._writer, fd, staged)
+            if not self.direct_io:
+                os.fdatasync(fd)
+                if hasattr(os, "posix_fadvise"):
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        self._check_open()
+        os.replace(tmp, final)
+        return entry
+
+    def _discard(self, key: SpillKey, tmp: Path) -> None:
+        """After a failed write: no partial file, and no older version of ``key`` either."""
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        with self._lock:
+            old = self._index.pop(key, None)
+            self._stats.failures += 1
+        if old is not None:
+            with contextlib.suppress(OSError):
+                old.path.unlink()
+
+    def _fail_write(
+        self, key: SpillKey, tmp: Path, nbytes: int, step: int, exc: OSError
+    ) -> NoReturn:
+        self._discard(key, tmp)
+        error: SpillWriteError
+        if isinstance(exc, SpillError):  # the store or its directory was closed meanwhile
+            error = SpillWriteError(exc.message, path=exc.path, key=key, code=exc.errno)
+        else:
+            cls = SpillFull if exc.errno in _FULL_ERRNOS else SpillWriteError
+            reason = exc.strerror or str(exc)
+            message = f"cannot spill {tuple(key)} to {tmp}: {reason}"
+            error = cls(message, path=tmp, key=key, code=exc.errno)
+        now = self._recorder.clock()
+        self._recorder.add_span(
+            "spill_write_failed",
+            Category.EVENT,
+            now,
+            now,
+            step=step,
+            block=key.block,
+            nbytes=nbytes,
+            tier_from=Tier.HOST,
+            tier_to=Tier.NVME,
+            detail=str(error),
+        )
+        if self._on_failure is not None:
+            self._on_failure(error)
+        raise error from exc
+
+    def _read_job(
+        self, key: SpillKey, before: Future[Any] | None, out: torch.Tensor | None, step: int
+    ) -> torch.Tensor:
+        if before is not None:
+            wait_futures([before])
+        with self._lock:
+            entry = self._index.get(key)
+        if entry is None:  # its write failed, or it was removed meanwhile
+            raise KeyError(f"no spilled tensor for {tuple(key)}")
+        start_ns, t0 = self._recorder.clock(), time.perf_counter()
+        result, dst, region = self._destination(entry, out)
+        try:
+            self._check_open()
+            fd = os.open(entry.path, os.O_RDONLY | (_O_DIRECT if self.direct_io else 0))
+            try:
+                header = self._staging(entry.header_bytes)
+                _pread_all(fd, header, 0)
+                _check_header(header, entry)
+                if region is not None:  # our own buffer: the whole region in one call
+                    _pread_all(fd, region, entry.header_bytes)
+                else:
+                    self._read_into(fd, dst, entry)
+                if not self.direct_io and hasattr(os, "posix_fadvise"):
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+        except SpillError:
+            raise
+        except (OSError, EOFError) as exc:
+            cls = ChecksumError if isinstance(exc, EOFError) else SpillReadError
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise cls(
+                f"cannot read spilled tensor {tuple(key)} from {entry.path}: {reason}",
+                path=entry.path,
+                key=key,
+                code=getattr(exc, "errno", None) or errno.EIO,
+            ) from exc
+        if zlib.crc32(dst.data) != entry.crc32:
+            raise ChecksumError(
+                f"spilled tensor {tuple(key)} in {entry.path}: payload checksum mismatch",
+                path=entry.path,
+                key=key,
+                code=errno.EIO,
+            )
+        seconds = time.perf_counter() - t0
+        with self._lock:
+            self._stats.reads += 1
+            self._stats.bytes_read += entry.nbytes
+            self._stats.read_s += seconds
+        self._recorder.add_span(
+            "spill_read",
+            Category.IO,
+            start_ns,
+            self._recorder.clock(),
+            step=step,
+            block=key.block,
+            nbytes=entry.nbytes,
+            tier_from=Tier.NVME,
+            tier_to=Tier.HOST,
+            detail=key.slot,
+        )
+        return result
+
+    def _destination(
+        self, entry: SpillFile, out: torch.Tensor | None
+    ) -> tuple[torch.Tensor, np.ndarray, np.ndarray | None]:
+        """The tensor to return, its bytes, and (for a new tensor) the whole aligned region
+        it sits in, laid out as in the file: ``skew`` bytes, the payload, the padding."""
+        import torch
+
+        if out is not None:
+            if (
+                out.device.type != "cpu"
+                or not out.is_contiguous()
+                or out.dtype != entry.dtype
+                or tuple(out.shape) != entry.shape
+            ):
+                raise ValueError(
+                    f"read {tuple(entry.key)}: out must be a contiguous CPU tensor of "
+                    f"{entry.dtype} and shape {entry.shape}"
+                )
+            return out, out.reshape(-1).view(torch.uint8).numpy(), None
+        size = _align_up(entry.skew + entry.nbytes)
+        raw = torch.empty(size, dtype=torch.uint8, pin_memory=self.pin_memory)
+        if raw.data_ptr() % ALIGN:  # the CPU allocator aligns to 64 bytes only
+            raw = torch.empty(size + ALIGN, dtype=torch.uint8, pin_memory=self.pin_memory)
+            offset = -raw.data_ptr() % ALIGN
+            raw = raw[offset : offset + size]
+        payload = raw[entry.skew : entry.skew + entry.nbytes]
+        result = payload.view(entry.dtype).reshape(entry.shape)
+        return result, payload.numpy(), raw.numpy()
+
+    def _read_into(self, fd: int, dst: np.ndarray, entry: SpillFile) -> None:
+        """Fill ``dst`` (an ``out`` tensor's bytes): in place where O_DIRECT allows."""
+        nbytes, base, skew = entry.nbytes, entry.header_bytes, entry.skew
+        if not self.direct_io:
+            _pread_all(fd, dst, base + skew)
+            return
+        if _addr(dst) % ALIGN == skew:
+            pieces = _pieces(nbytes, skew, direct=True)
+        else:  # nothing lines up: everything through the bounce buffer
+            seg = self._segment_bytes
+            size = _align_up(skew + nbytes)
+            pieces = [
+                (max(0, lo - skew), min(nbytes, lo + seg - skew), False)
+                for lo in range(0, size, seg)
+            ]
+        for start, end, in_place in pieces:
+            if in_place:
+                _pread_all(fd, dst[start:end], base + skew + start)
+            else:
+                lo = start + skew - (start + skew) % ALIGN
+                staged = self._staging(_align_up(end + skew) - lo)
+                _pread_all(fd, staged, base + lo)
+                np.copyto(dst[start:end], staged[start + skew - lo : end + skew - lo])

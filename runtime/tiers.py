@@ -1,0 +1,313 @@
+"""The tiered state store: optimizer state on device, host or NVMe, placed by a policy.
+
+Every slot of every block rests on one tier. The placement policy
+(``runtime.policies.placement``) decides where it rests (``home``, then
+``place`` at each step boundary, with a reason for every move) and how the
+device gets at it during its block's update (``access``): already resident,
+in place, or staged, i.e. copied to the device for the update and, if the
+update wrote it, copied back after. The optimizer only sees ``get`` (the
+block's state with every tensor on the device) and ``release`` (done with it),
+so placement never changes the numbers: copies are exact, and a slot that an
+install replaced is written back whatever the policy's access pattern.
+
+On a machine without a GPU the "device" is the CPU and its memory is a byte
+budget, so every policy runs, and is tested, on real copies and real files.
+Transfers are spans (``fetch``, ``write_back``, ``move``) with bytes and
+tiers; every move decision is an ``event`` span whose detail is the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import psutil
+import torch
+
+from runtime.policies.placement import Access, MemoryView, PlacementPolicy, SlotInfo, check_budget
+from runtime.policies.placement import LinkKind as PolicyLink
+from runtime.state import StateStore, slot_kinds
+from traces.recorder import Recorder
+from traces.schema import Category, Tier
+
+
+class TieredStateStore(StateStore):
+    """Block id -> typed state, each slot resting on the tier its policy chose.
+
+    ``spill`` is an object with ``write(key, tensor)``, ``read(key) -> tensor``
+    and ``remove(key)`` (``runtime.spill.SpillStore``); without one the NVMe
+    tier is unavailable to the policy.
+    """
+
+    def __init__(
+        self,
+        policy: PlacementPolicy,
+        device: torch.device,
+        *,
+        device_budget_bytes: int,
+        host_budget_bytes: int,
+        recorder: Recorder,
+        spill: Any = None,
+    ) -> None:
+        super().__init__()
+        self.policy = policy
+        self.device = device
+        self.device_budget_bytes = device_budget_bytes
+        self.host_budget_bytes = host_budget_bytes
+        self._recorder = recorder
+        self._spill = spill
+        self._tier: dict[tuple[str, str], Tier] = {}
+        self._nbytes: dict[tuple[str, str], int] = {}
+        self._staged: dict[str, dict[str, torch.Tensor]] = {}
+        self._step = 0
+        self._warned_spill = False
+        self.bytes_moved: dict[tuple[Tier, Tier], int] = {}
+
+    # ------------------------------------------------------------ bookkeeping
+    def _slot_info(self, block: str, name: str, kind: Any) -> SlotInfo:
+        return SlotInfo(
+            block=block,
+            slot=name,
+            kind=kind.value,
+            nbytes=self._nbytes[(block, name)],
+            tier=self._tier[(block, name)],
+            next_use_step=self._step,  # every slot of a block is used at each of its steps
+        )
+
+    def slot_infos(self) -> list[SlotInfo]:
+        out = []
+        for block, state in self._states.items():
+            for name, kind in slot_kinds(type(state)).items():
+                if (block, name) in self._tier:
+                    out.append(self._slot_info(block, name, kind))
+        return out
+
+    def tier_bytes(self) -> dict[Tier, int]:
+        out = dict.fromkeys(Tier, 0)
+        for key, tier in self._tier.items():
+            out[tier] += self._nbytes[key]
+        return out
+
+    def _host_tensor(self, t: torch.Tensor) -> torch.Tensor:
+        host = t.detach().to("cpu", copy=True)
+        if torch.cuda.is_available():
+            host = host.pin_memory()
+        return host
+
+    def _record_transfer(
+        self, name: str, block: str, nbytes: int, src: Tier, dst: Tier, start: int
+    ) -> None:
+        self.bytes_moved[(src, dst)] = self.bytes_moved.get((src, dst), 0) + nbytes
+        self._recorder.add_span(
+            name,
+            Category.TRANSFER,
+            start,
+            self._recorder.clock(),
+            step=self._step,
+            block=block,
+            nbytes=nbytes,
+            tier_from=src,
+            tier_to=dst,
+        )
+
+    def _store_at(
+        self, block: str, name: str, tensor: torch.Tensor, tier: Tier
+    ) -> torch.Tensor | None:
+        """Put ``tensor`` at rest on ``tier``; returns what the state field holds (None on NVMe)."""
+        if tier is Tier.DEVICE:
+            return tensor if tensor.device == self.device else tensor.to(self.device)
+        if tier is Tier.HOST:
+            return self._host_tensor(tensor)
+        try:
+            self._spill.write(f"{block}/{name}", self._host_tensor(tensor))
+        except OSError as exc:  # disk full, unwritable: fall back to host, keep training
+            self._tier[(block, name)] = Tier.HOST
+            self._recorder.add_span(
+                "spill_failed",
+                Category.EVENT,
+                self._recorder.clock(),
+                self._recorder.clock(),
+                step=self._step,
+                block=block,
+                detail=f"{name}: {exc}",
+            )
+            if not self._warned_spill:
+                warnings.warn(
+                    f"spill tier unavailable ({exc}); keeping optimizer state on host", stacklevel=2
+                )
+                self._warned_spill = True
+            return self._host_tensor(tensor)
+        return None
+
+    def _load(self, block: str, name: str, resting: torch.Tensor | None) -> torch.Tensor:
+        tier = self._tier[(block, name)]
+        if tier is Tier.NVME:
+            return self._spill.read(f"{block}/{name}")
+        assert resting is not None
+        return resting
+
+    # -------------------------------------------------------------- the API
+    def put(self, block_id: str, state: Any) -> None:
+        kinds = slot_kinds(type(state))
+        resting = {}
+        for name in kinds:
+            tensor = getattr(state, name)
+            if tensor is None:
+                continue
+            key = (block_id, name)
+            self._nbytes[key] = tensor.numel() * tensor.element_size()
+            self._tier[key] = Tier.DEVICE
+            info = self._slot_info(block_id, name, kinds[name])
+            home = self.policy.home(info)
+            self._tier[key] = home
+            resting[name] = self._store_at(block_id, name, tensor, home)
+        self._states[block_id] = dataclasses.replace(state, **resting)
+
+    def get(self, block_id: str) -> Any:
+        """The block's state with every slot its update uses on the device."""
+        state = self._states[block_id]
+        kinds = slot_kinds(type(state))
+        staged: dict[str, torch.Tensor] = {}
+        for name, kind in kinds.items():
+            key = (block_id, name)
+            if key not in self._tier:
+                continue
+            access = self.policy.access(self._slot_info(block_id, name, kind), self._step)
+            if access in (Access.RESIDENT, Access.NONE) and self._tier[key] is Tier.DEVICE:
+                continue
+            start = self._recorder.clock()
+            src = self._tier[key]
+            tensor = self._load(block_id, name, getattr(state, name)).to(self.device, copy=True)
+            staged[name] = tensor
+            self._record_transfer("fetch", block_id, self._nbytes[key], src, Tier.DEVICE, start)
+        self._staged[block_id] = staged
+        return dataclasses.replace(state, **staged) if staged else state
+
+    def release(self, block_id: str, view: Any) -> None:
+        """Done with the block for this step: write back what changed, drop staged copies."""
+        staged = self._staged.pop(block_id, {})
+        state = self._states[block_id]
+        kinds = slot_kinds(type(state))
+        updates = {}
+        for name, kind in kinds.items():
+            key = (block_id, name)
+            current = getattr(view, name)
+            if current is None:
+                continue
+            if key not in self._tier:  # a slot that appeared (never here today)
+                self._nbytes[key] = current.numel() * current.element_size()
+                self._tier[key] = Tier.DEVICE
+            tier = self._tier[key]
+            copy = staged.get(name)
+            replaced = copy is None and current is not getattr(state, name)
+            if copy is None and not replaced:
+                continue
+            access = self.policy.access(self._slot_info(block_id, name, kind), self._step)
+            if copy is not None and current is copy and access is not Access.FETCH_WRITE_BACK:
+                continue  # read-only use: the resting copy is still exact
+            start = self._recorder.clock()
+            updates[name] = self._store_at(block_id, name, current, tier)
+            if tier is not Tier.DEVICE:
+                self._record_transfer(
+                    "write_back", block_id, self._nbytes[key], Tier.DEVICE, tier, start
+                )
+        if updates:
+            self._states[block_id] = dataclasses.replace(state, **updates)
+
+    def begin_step(self, step: int) -> None:
+        """A step boundary: let the policy move slots, then record bytes per tier."""
+        self._step = step
+        infos = self.slot_infos()
+        moves = self.policy.place(infos, self.memory_view(step))
+        for move in moves:
+            self._apply(move)
+        for tier, nbytes in self.tier_bytes().items():
+            self._recorder.counter("state_bytes", nbytes, step=step, key=tier.value)
+
+    def memory_view(self, step: int) -> MemoryView:
+        resting = self.tier_bytes()
+        device_free = self.device_budget_bytes - resting[Tier.DEVICE]
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            device_free = min(device_free, int(free))
+        host_free = min(
+            self.host_budget_bytes - resting[Tier.HOST], int(psutil.virtual_memory().available)
+        )
+        return MemoryView(
+            step=step,
+            device_budget_bytes=self.device_budget_bytes,
+            host_budget_bytes=self.host_budget_bytes,
+            device_free_bytes=device_free,
+            host_free_bytes=host_free,
+            link=self.policy.link,
+            nvme_available=self._spill is not None,
+        )
+
+    def _apply(self, move: Any) -> None:
+        key = (move.block, move.slot)
+        state = self._states[move.block]
+        start = self._recorder.clock()
+        tensor = self._load(move.block, move.slot, getattr(state, move.slot))
+        if self._tier[key] is Tier.NVME:
+            self._spill.remove(f"{move.block}/{move.slot}")
+        self._tier[key] = move.dst
+        resting = self._store_at(move.block, move.slot, tensor, move.dst)
+        self._states[move.block] = dataclasses.replace(state, **{move.slot: resting})
+        self._record_transfer("move", move.block, move.nbytes, move.src, self._tier[key], start)
+        now = self._recorder.clock()
+        self._recorder.add_span(
+            "evict" if move.dst.value > move.src.value else "promote",
+            Category.EVENT,
+            now,
+            now,
+            step=self._step,
+            block=move.block,
+            detail=f"{move.slot}: {move.reason}",
+        )
+
+    def check_budget(self) -> None:
+        check_budget(self.slot_infos(), self.device_budget_bytes)
+
+    # ---------------------------------------------------------- checkpoints
+    def items(self) -> Iterator[tuple[str, Any]]:
+        for block in self._states:
+            yield block, self._materialized(block)
+
+    def _materialized(self, block: str) -> Any:
+        state = self._states[block]
+        loaded = {
+            name: self._load(block, name, getattr(state, name))
+            for name in slot_kinds(type(state))
+            if (block, name) in self._tier
+        }
+        return dataclasses.replace(state, **loaded)
+
+    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
+        from runtime.state import state_tensors
+
+        return {block: dict(state_tensors(self._materialized(block))) for block in self._states}
+
+    def total_bytes(self) -> int:
+        return sum(self._nbytes.values())
+
+
+class BudgetError(ValueError):
+    """A device budget smaller than one block's hot working set."""
+
+
+def link_of(device: torch.device) -> PolicyLink:
+    """The CPU-GPU link of ``device``.
+
+    Without a GPU the device tier is emulated as a discrete device behind a
+    PCIe-like link, so that every policy's copies are really made (and tested).
+    """
+    if device.type != "cuda":
+        return PolicyLink.PCIE
+    name = torch.cuda.get_device_name(device).lower()
+    if "gh200" in name:
+        return PolicyLink.NVLINK_C2C
+    if "gb10" in name:
+        return PolicyLink.UNIFIED
+    return PolicyLink.PCIE

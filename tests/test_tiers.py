@@ -1,0 +1,117 @@
+"""The tiered state store: every placement policy gives the device run's parameters, bitwise."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from runtime import SOAP, ExecutionConfig, KLShampoo, Shampoo
+from runtime.policies.placement import parse_placement
+from runtime.policies.staleness import Bounded
+from runtime.tiers import BudgetError, TieredStateStore
+from traces.recorder import Recorder
+from traces.schema import Tier
+
+OPTIMIZERS = {
+    "shampoo": (
+        Shampoo,
+        dict(lr=1e-2, betas=(0.9, 0.999), precondition_frequency=3, grafting="adam", block_size=8),
+    ),
+    "soap": (SOAP, dict(lr=3e-3, precondition_frequency=3)),
+    "kl-shampoo": (KLShampoo, dict(lr=3e-3, precondition_frequency=3, eigenvalue_init=1e-3)),
+}
+POLICIES = ["device", "host", "lifecycle", "pressure:0:0", "pressure"]
+
+
+def train(
+    name: str, execution: ExecutionConfig, steps: int = 15
+) -> tuple[list[torch.Tensor], torch.optim.Optimizer]:
+    cls, kwargs = OPTIMIZERS[name]
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(12, 20), torch.nn.Tanh(), torch.nn.Linear(20, 4))
+    opt = cls(model.parameters(), **kwargs, execution=execution)
+    g = torch.Generator().manual_seed(1)
+    try:
+        for _ in range(steps):
+            x, y = torch.randn(32, 12, generator=g), torch.randn(32, 4, generator=g)
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+            opt.step()
+    finally:
+        opt.close()
+    return [p.detach().clone() for p in model.parameters()], opt
+
+
+@functools.cache
+def device_run(name: str) -> tuple[torch.Tensor, ...]:
+    return tuple(train(name, ExecutionConfig())[0])
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("placement", POLICIES)
+def test_placement_never_changes_the_math(name: str, placement: str) -> None:
+    reference = device_run(name)
+    tiered, opt = train(
+        name, ExecutionConfig(placement=parse_placement(placement), device_budget_bytes=8000)
+    )
+    for a, b in zip(tiered, reference, strict=True):
+        assert torch.equal(a, b)
+    assert isinstance(opt.store, TieredStateStore)
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_placement_and_async_together(name: str) -> None:
+    reference, _ = train(name, ExecutionConfig(staleness=Bounded(2), workers=1))
+    tiered, _ = train(
+        name,
+        ExecutionConfig(staleness=Bounded(2), workers=1, placement=parse_placement("lifecycle")),
+    )
+    for a, b in zip(tiered, reference, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_lifecycle_keeps_only_moments_on_the_device() -> None:
+    recorder = Recorder()
+    _, opt = train(
+        "soap", ExecutionConfig(placement=parse_placement("lifecycle"), recorder=recorder)
+    )
+    store = opt.store
+    assert isinstance(store, TieredStateStore)
+    resting = store.tier_bytes()
+    moments = sum(
+        t.numel() * t.element_size()
+        for _, state in store.items()
+        for name, t in vars(state).items()
+        if name in ("M", "V") and t is not None
+    )
+    assert resting[Tier.DEVICE] == moments
+    assert resting[Tier.HOST] > 0
+    fetches = [s for s in recorder.spans if s.name == "fetch"]
+    assert fetches and all(
+        s.tier_from is Tier.HOST and s.tier_to is Tier.DEVICE and s.bytes > 0 for s in fetches
+    )
+
+
+def test_pressure_evicts_with_reasons_under_a_small_budget() -> None:
+    recorder = Recorder()
+    policy = parse_placement("pressure:0:0")
+    _, opt = train(
+        "soap", ExecutionConfig(placement=policy, device_budget_bytes=8000, recorder=recorder)
+    )
+    counters = [c for c in recorder.counters if c.name == "state_bytes"]
+    assert {c.key for c in counters} == {"device", "host", "nvme"}
+    assert all(c.value <= 8000 for c in counters if c.key == "device")
+
+
+def test_budget_below_one_blocks_working_set_is_refused_before_training() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(64, 32)
+    with pytest.raises(BudgetError, match=r"block p0\.r0\.c0.*\d+ bytes"):
+        SOAP(
+            model.parameters(),
+            execution=ExecutionConfig(
+                placement=parse_placement("pressure"), device_budget_bytes=1000
+            ),
+        )
