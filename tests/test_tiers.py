@@ -97,7 +97,7 @@ def test_lifecycle_keeps_only_moments_on_the_device() -> None:
 def test_pressure_evicts_with_reasons_under_a_small_budget() -> None:
     recorder = Recorder()
     policy = parse_placement("pressure:0:0")
-    _, opt = train(
+    train(
         "soap", ExecutionConfig(placement=policy, device_budget_bytes=8000, recorder=recorder)
     )
     counters = [c for c in recorder.counters if c.name == "state_bytes"]
