@@ -30,6 +30,7 @@ TRAIN = "Training"
 OPTIM = "Optimizer hyperparameters (unset: the optimizer's preset for this workload)"
 DATA = "Data"
 RUNTIME = "Runtime: asynchronous refreshes"
+TIERS = "Runtime: optimizer-state tiers"
 
 
 @app.callback()
@@ -158,6 +159,27 @@ def run(
             rich_help_panel=RUNTIME,
         ),
     ] = None,
+    placement: Annotated[
+        str | None,
+        typer.Option(
+            help="device | host | lifecycle | pressure[:LOW_MiB:HIGH_MiB]: where optimizer state rests",
+            rich_help_panel=TIERS,
+        ),
+    ] = None,
+    device_budget: Annotated[
+        str | None,
+        typer.Option(
+            help="device bytes for optimizer state, e.g. 2GiB (emulated without a GPU)",
+            rich_help_panel=TIERS,
+        ),
+    ] = None,
+    host_budget: Annotated[
+        str | None,
+        typer.Option(help="host bytes for optimizer state, e.g. 16GiB", rich_help_panel=TIERS),
+    ] = None,
+    spill_dir: Annotated[
+        Path | None, typer.Option(help="a folder on NVMe for the spill tier", rich_help_panel=TIERS)
+    ] = None,
     normalize_grads: Annotated[
         bool | None,
         typer.Option("--normalize-grads/--no-normalize-grads", rich_help_panel=OPTIM),
@@ -222,7 +244,14 @@ def run(
         ),
     }
     overrides["runtime"] = dict(
-        staleness=staleness, workers=workers, root_device=root_device, stagger=stagger
+        staleness=staleness,
+        workers=workers,
+        root_device=root_device,
+        stagger=stagger,
+        placement=placement,
+        device_budget=device_budget,
+        host_budget=host_budget,
+        spill_dir=None if spill_dir is None else str(spill_dir),
     )
     for section, values in overrides.items():
         target = getattr(cfg, section)

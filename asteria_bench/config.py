@@ -66,6 +66,10 @@ class RuntimeSection:
     workers: int = 1
     root_device: str = "host"  # host | device
     stagger: bool | None = None  # None: on for asynchronous policies, off for sync
+    placement: str = "device"  # device | host | lifecycle | pressure[:LOW_MiB:HIGH_MiB]
+    device_budget: str | None = None  # e.g. "2GiB"; None: no limit
+    host_budget: str | None = None
+    spill_dir: str | None = None  # a folder for the NVMe tier; None: no NVMe tier
 
 
 @dataclass
@@ -239,6 +243,52 @@ def validate(config: RunConfig) -> None:
         )
     need(r.workers >= 1, "--workers", "a positive integer", r.workers)
     need(r.root_device in ("host", "device"), "--root-device", "host or device", r.root_device)
+    try:
+        from runtime.policies.placement import parse_placement
+
+        parse_placement(r.placement)
+    except ValueError:
+        need(
+            False,
+            "--placement",
+            "device, host, lifecycle or pressure[:LOW_MiB:HIGH_MiB]",
+            r.placement,
+        )
+    for option, text in (("--device-budget", r.device_budget), ("--host-budget", r.host_budget)):
+        if text is not None:
+            parse_bytes(text, option)
+    if r.spill_dir is not None:
+        need(Path(r.spill_dir).is_dir(), "--spill-dir", "an existing folder", r.spill_dir)
+
+
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "TB": 10**12,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+    "TIB": 2**40,
+}
+
+
+def parse_bytes(text: str, option: str) -> int:
+    """``2GiB``, ``512MiB``, ``1.5GB`` or a plain number of bytes."""
+    spelled = text.strip().upper().replace(" ", "")
+    number = spelled.rstrip("KMGTIB")
+    unit = spelled[len(number) :]
+    try:
+        value = float(number) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise UserError(
+            f"{option}: expected a size such as 2GiB, 512MiB or 1e9, got {text!r}"
+        ) from None
+    if value <= 0:
+        raise UserError(f"{option}: expected a positive size, got {text!r}")
+    return int(value)
 
 
 # ----------------------------------------------------------------- config files

@@ -53,6 +53,7 @@ def metrics_frame(rows: list[StepMetrics]) -> pd.DataFrame:
             "optimizer_ns": "int64",
             "refresh_ns": "int64",
             "wait_ns": "int64",
+            "transfer_ns": "int64",
             "optimizer_state_bytes": "int64",
         }
     )
@@ -91,6 +92,16 @@ def staleness_figures(result: TrainResult) -> tuple[float, float, int] | None:
     return (sum(taus) / len(taus), max(taus), len(taus))
 
 
+def tier_figures(result: TrainResult) -> dict[str, tuple[int, int]] | None:
+    series: dict[str, list[float]] = {}
+    for c in result.recorder.counters:
+        if c.name == "state_bytes" and c.key is not None:
+            series.setdefault(c.key, []).append(c.value)
+    if len(series) <= 1:
+        return None
+    return {tier: (int(values[-1]), int(max(values))) for tier, values in series.items()}
+
+
 def write_run(staging: Path, config: RunConfig, result: TrainResult, run_id: str) -> None:
     atomic_write_text(
         staging / "config.json", json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
@@ -116,6 +127,7 @@ def write_run(staging: Path, config: RunConfig, result: TrainResult, run_id: str
             policies=result.policies,
             note=note,
             staleness=staleness_figures(result),
+            tier_bytes=tier_figures(result),
         )
         atomic_write_text(staging / "summary.md", text)
 

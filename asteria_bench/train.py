@@ -41,6 +41,7 @@ STEP_METRIC_COLUMNS = (
     "optimizer_ns",
     "refresh_ns",
     "wait_ns",
+    "transfer_ns",
     "optimizer_state_bytes",
 )
 
@@ -57,6 +58,7 @@ class StepMetrics:
     optimizer_ns: int
     refresh_ns: int
     wait_ns: int
+    transfer_ns: int
     optimizer_state_bytes: int
 
 
@@ -167,18 +169,32 @@ def model_description(model: GPT, optimizer: torch.optim.Optimizer) -> dict[str,
     return description
 
 
-def execution_config(config: RunConfig, recorder: Recorder) -> ExecutionConfig:
+def execution_config(
+    config: RunConfig, recorder: Recorder, device: torch.device, spill: Any = None
+) -> ExecutionConfig:
+    from asteria_bench.config import parse_bytes
+    from runtime.policies.placement import parse_placement
     from runtime.policies.staleness import parse_staleness
+    from runtime.tiers import link_of
 
     r = config.runtime
     staleness = parse_staleness(r.staleness)
     stagger = staleness.asynchronous if r.stagger is None else r.stagger
+    tiered = r.placement != "device" or r.device_budget is not None or spill is not None
     return ExecutionConfig(
         staleness=staleness,
         workers=r.workers,
         root_device=r.root_device,
         stagger=stagger,
         recorder=recorder,
+        placement=parse_placement(r.placement, link=link_of(device)) if tiered else None,
+        device_budget_bytes=None
+        if r.device_budget is None
+        else parse_bytes(r.device_budget, "--device-budget"),
+        host_budget_bytes=None
+        if r.host_budget is None
+        else parse_bytes(r.host_budget, "--host-budget"),
+        spill=spill,
     )
 
 
@@ -202,12 +218,28 @@ def train(config: RunConfig, *, progress: ProgressCallback | None = None) -> Tra
     )
     model.to(device)
     recorder = Recorder(enabled=True)
-    execution = execution_config(config, recorder)
+    spill = None
+    if config.runtime.spill_dir is not None:
+        from runtime.spill import SpillError, SpillStore
+
+        try:
+            spill = SpillStore(config.runtime.spill_dir, recorder=recorder)
+        except SpillError as exc:
+            raise UserError(f"--spill-dir: {exc}") from None
+    execution = execution_config(config, recorder, device, spill)
     hp = resolved_optimizer(config.optim)
-    optimizer = build_optimizer(
-        config.optim.name, parameter_groups(model, hp["weight_decay"]), hp, execution
-    )
+    from runtime.tiers import BudgetError
+
+    try:
+        optimizer = build_optimizer(
+            config.optim.name, parameter_groups(model, hp["weight_decay"]), hp, execution
+        )
+    except BudgetError as exc:
+        if spill is not None:
+            spill.close()
+        raise UserError(f"--device-budget: {exc}") from None
     base_lrs = [group["lr"] for group in optimizer.param_groups]
+    tiered_store = execution.placement is not None and config.optim.name != "adamw"
     generator = torch.Generator().manual_seed(t.seed)
     eval_set = dataset.eval_batches(t.batch_size, m.context, t.eval_batches)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -262,7 +294,8 @@ def train(config: RunConfig, *, progress: ProgressCallback | None = None) -> Tra
             state_bytes = optimizer_state_bytes(optimizer)
             recorder.counter("loss", loss_value, step=step)
             recorder.counter("lr", optimizer.param_groups[0]["lr"], step=step)
-            recorder.counter("state_bytes", state_bytes, step=step, key=Tier.DEVICE.value)
+            if not tiered_store:  # a tiered store records bytes per tier itself
+                recorder.counter("state_bytes", state_bytes, step=step, key=Tier.DEVICE.value)
             if step % t.telemetry_every == 0 or step == 1:
                 sampler.sample(step)
             row = StepMetrics(
@@ -278,6 +311,9 @@ def train(config: RunConfig, *, progress: ProgressCallback | None = None) -> Tra
                     spans, first_span, category=Category.REFRESH, track=main_track
                 ),
                 wait_ns=_sum_spans(spans, first_span, category=Category.WAIT, track=main_track),
+                transfer_ns=_sum_spans(
+                    spans, first_span, category=Category.TRANSFER, track=main_track
+                ),
                 optimizer_state_bytes=state_bytes,
             )
             metrics.append(row)
@@ -288,6 +324,8 @@ def train(config: RunConfig, *, progress: ProgressCallback | None = None) -> Tra
         close = getattr(optimizer, "close", None)
         if close is not None:
             close()
+        if spill is not None:
+            spill.close()
     policies = (
         execution.describe()
         if config.optim.name != "adamw"

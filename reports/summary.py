@@ -29,6 +29,7 @@ class RunFigures:
     mean_compute_ms: float
     total_refresh_ms: float
     total_wait_ms: float
+    total_transfer_ms: float
     steps_with_wait: int
     optimizer_state_bytes: int
 
@@ -64,6 +65,9 @@ def run_figures(metrics: pd.DataFrame) -> RunFigures:
         mean_compute_ms=float(compute.mean()),
         total_refresh_ms=float(metrics["refresh_ns"].sum() * ms),
         total_wait_ms=float(metrics["wait_ns"].sum() * ms) if "wait_ns" in metrics else 0.0,
+        total_transfer_ms=float(metrics["transfer_ns"].sum() * ms)
+        if "transfer_ns" in metrics
+        else 0.0,
         steps_with_wait=int((metrics["wait_ns"] > 0).sum()) if "wait_ns" in metrics else 0,
         optimizer_state_bytes=int(metrics["optimizer_state_bytes"].iloc[-1]),
     )
@@ -83,8 +87,10 @@ def summary_markdown(
     policies: dict[str, str],
     note: str | None = None,
     staleness: tuple[float, float, int] | None = None,
+    tier_bytes: dict[str, tuple[int, int]] | None = None,
 ) -> str:
-    """``staleness`` is (mean τ, max τ, installs) over the run's installed refreshes."""
+    """``staleness`` is (mean τ, max τ, installs) over the run's installed refreshes;
+    ``tier_bytes`` maps a tier to (bytes at the last step, peak bytes)."""
     f = figures
     lines = [
         f"# {title}",
@@ -110,6 +116,18 @@ def summary_markdown(
         f"| waits for late refreshes | {f.total_wait_ms:.1f} ms in {f.steps_with_wait} steps |",
         f"| optimizer state | {_mib(f.optimizer_state_bytes)} |",
     ]
+    if tier_bytes:
+        text = ", ".join(
+            f"{tier} {_mib(last)} (peak {_mib(peak)})" for tier, (last, peak) in tier_bytes.items()
+        )
+        lines.insert(
+            lines.index("| figure | value |") + 2 + 13, f"| optimizer state by tier | {text} |"
+        )
+    if f.total_transfer_ms > 0:
+        lines.insert(
+            lines.index("| figure | value |") + 2 + 13,
+            f"| visible transfer time (fetch, write-back, moves on the training thread) | {f.total_transfer_ms:.1f} ms, {f.total_transfer_ms / f.steps:.2f} ms per step |",
+        )
     if staleness is not None:
         mean_tau, max_tau, installs = staleness
         lines.insert(

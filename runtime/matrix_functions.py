@@ -110,7 +110,8 @@ def eigenbasis(a: torch.Tensor, *, dtype: torch.dtype | None = None) -> torch.Te
     """
     eye = torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
     _, q = eigh_with_retry(a + 1e-30 * eye, dtype=dtype)
-    return torch.flip(q, dims=[-1])
+    # Contiguous, so a basis is bitwise the same wherever a tier stores it.
+    return torch.flip(q, dims=[-1]).contiguous()
 
 
 def sort_basis_by_estimated_eigenvalues(
@@ -123,7 +124,7 @@ def sort_basis_by_estimated_eigenvalues(
     """
     estimated = torch.diagonal(q.transpose(-2, -1) @ a @ q, dim1=-2, dim2=-1)
     permutation = torch.argsort(estimated, descending=True)
-    return q[:, permutation], permutation
+    return q[:, permutation].contiguous(), permutation
 
 
 def qr_refresh(a: torch.Tensor, q_prev: torch.Tensor) -> torch.Tensor:
@@ -133,4 +134,4 @@ def qr_refresh(a: torch.Tensor, q_prev: torch.Tensor) -> torch.Tensor:
     jump between equivalent bases when eigenvalues are nearly degenerate.
     """
     q, _ = torch.linalg.qr(a @ q_prev)
-    return q
+    return q.contiguous()  # LAPACK returns column-major; tiers store row-major

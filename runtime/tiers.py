@@ -63,6 +63,7 @@ class TieredStateStore(StateStore):
         self._staged: dict[str, dict[str, torch.Tensor]] = {}
         self._step = 0
         self._warned_spill = False
+        self._spill_failed = False
         self.bytes_moved: dict[tuple[Tier, Tier], int] = {}
 
     # ------------------------------------------------------------ bookkeeping
@@ -92,6 +93,8 @@ class TieredStateStore(StateStore):
 
     def _host_tensor(self, t: torch.Tensor) -> torch.Tensor:
         host = t.detach().to("cpu", copy=True)
+        if not host.is_contiguous():
+            raise ValueError("optimizer state must be contiguous to be tiered")
         if torch.cuda.is_available():
             host = host.pin_memory()
         return host
@@ -121,9 +124,10 @@ class TieredStateStore(StateStore):
         if tier is Tier.HOST:
             return self._host_tensor(tensor)
         try:
-            self._spill.write(f"{block}/{name}", self._host_tensor(tensor))
+            self._spill.write((block, name), self._host_tensor(tensor))
         except OSError as exc:  # disk full, unwritable: fall back to host, keep training
             self._tier[(block, name)] = Tier.HOST
+            self._spill_failed = True  # the policy sees no NVMe tier from now on
             self._recorder.add_span(
                 "spill_failed",
                 Category.EVENT,
@@ -144,7 +148,7 @@ class TieredStateStore(StateStore):
     def _load(self, block: str, name: str, resting: torch.Tensor | None) -> torch.Tensor:
         tier = self._tier[(block, name)]
         if tier is Tier.NVME:
-            return self._spill.read(f"{block}/{name}")
+            return self._spill.read((block, name))
         assert resting is not None
         return resting
 
@@ -242,7 +246,7 @@ class TieredStateStore(StateStore):
             device_free_bytes=device_free,
             host_free_bytes=host_free,
             link=self.policy.link,
-            nvme_available=self._spill is not None,
+            nvme_available=self._spill is not None and not self._spill_failed,
         )
 
     def _apply(self, move: Any) -> None:
@@ -251,7 +255,7 @@ class TieredStateStore(StateStore):
         start = self._recorder.clock()
         tensor = self._load(move.block, move.slot, getattr(state, move.slot))
         if self._tier[key] is Tier.NVME:
-            self._spill.remove(f"{move.block}/{move.slot}")
+            self._spill.remove((move.block, move.slot))
         self._tier[key] = move.dst
         resting = self._store_at(move.block, move.slot, tensor, move.dst)
         self._states[move.block] = dataclasses.replace(state, **{move.slot: resting})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,9 +98,7 @@ def test_lifecycle_keeps_only_moments_on_the_device() -> None:
 def test_pressure_evicts_with_reasons_under_a_small_budget() -> None:
     recorder = Recorder()
     policy = parse_placement("pressure:0:0")
-    train(
-        "soap", ExecutionConfig(placement=policy, device_budget_bytes=8000, recorder=recorder)
-    )
+    train("soap", ExecutionConfig(placement=policy, device_budget_bytes=8000, recorder=recorder))
     counters = [c for c in recorder.counters if c.name == "state_bytes"]
     assert {c.key for c in counters} == {"device", "host", "nvme"}
     assert all(c.value <= 8000 for c in counters if c.key == "device")
@@ -115,3 +114,59 @@ def test_budget_below_one_blocks_working_set_is_refused_before_training() -> Non
                 placement=parse_placement("pressure"), device_budget_bytes=1000
             ),
         )
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_nvme_tier_never_changes_the_math(name: str, tmp_path: Path) -> None:
+    from runtime.spill import SpillStore
+
+    spill = SpillStore(tmp_path)
+    recorder = Recorder()
+    try:
+        policy = parse_placement("pressure:1:2")  # 1 MiB low watermark: everything is pressed down
+        tiered, _ = train(
+            name,
+            ExecutionConfig(
+                placement=policy,
+                device_budget_bytes=8000,
+                host_budget_bytes=8000,
+                spill=spill,
+                recorder=recorder,
+            ),
+        )
+    finally:
+        spill.close()
+    for a, b in zip(tiered, device_run(name), strict=True):
+        assert torch.equal(a, b)
+    nvme = [c.value for c in recorder.counters if c.name == "state_bytes" and c.key == "nvme"]
+    assert max(nvme) > 0, "the pressure policy must have spilled to NVMe"
+    assert not list(tmp_path.iterdir()), "the spill directory is removed on close"
+
+
+def test_disk_full_falls_back_to_host_and_keeps_training(tmp_path: Path) -> None:
+    import errno
+
+    from runtime.spill import SpillStore
+
+    def full(fd: int, data: object) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    spill = SpillStore(tmp_path, writer=full, direct_io=False)
+    recorder = Recorder()
+    try:
+        with pytest.warns(UserWarning, match="spill tier unavailable"):
+            tiered, _ = train(
+                "soap",
+                ExecutionConfig(
+                    placement=parse_placement("pressure:1:2"),
+                    device_budget_bytes=8000,
+                    host_budget_bytes=8000,
+                    spill=spill,
+                    recorder=recorder,
+                ),
+            )
+    finally:
+        spill.close()
+    for a, b in zip(tiered, device_run("soap"), strict=True):
+        assert torch.equal(a, b)
+    assert [s for s in recorder.spans if s.name == "spill_failed"]
