@@ -207,7 +207,7 @@ def _aligned_buffer(nbytes: int) -> np.ndarray:
 # The per-run directory and its clean-up on exit and on signals.
 
 _registry_lock = threading.RLock()  # re-entrant: a signal may land while it is held
-_live: dict[int, SpillDirectory] = {}
+_live: weakref.WeakValueDictionary[int, SpillDirectory] = weakref.WeakValueDictionary()
 _previous_handlers: dict[int, Any] = {}
 _HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 

@@ -64,6 +64,8 @@ class TieredStateStore(StateStore):
         self._step = 0
         self._warned_spill = False
         self._spill_failed = False
+        self._ready: dict[str, Any] = {}
+        self._stream: Any = None
         self.bytes_moved: dict[tuple[Tier, Tier], int] = {}
 
     # ------------------------------------------------------------ bookkeeping
@@ -169,8 +171,49 @@ class TieredStateStore(StateStore):
             resting[name] = self._store_at(block_id, name, tensor, home)
         self._states[block_id] = dataclasses.replace(state, **resting)
 
+    def prefetch(self, block_id: str) -> int:
+        """Stage the block's slots for its coming update now (from a backward hook).
+
+        On CUDA the copies go on a side stream and ``get`` makes the compute
+        stream wait for them with an event, so they overlap the rest of the
+        backward pass; on the CPU they are simply done earlier. Returns bytes staged.
+        """
+        if block_id not in self._states or block_id in self._staged:
+            return 0
+        stream = self._copy_stream()
+        if stream is None:
+            staged = self._stage(block_id)
+        else:
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                staged = self._stage(block_id)
+                event = torch.cuda.Event()
+                event.record(stream)
+            self._ready[block_id] = event
+        self._staged[block_id] = staged
+        return sum(t.numel() * t.element_size() for t in staged.values())
+
+    def _copy_stream(self) -> Any:
+        if self.device.type != "cuda":
+            return None
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)
+        return self._stream
+
     def get(self, block_id: str) -> Any:
         """The block's state with every slot its update uses on the device."""
+        state = self._states[block_id]
+        if block_id in self._staged:  # prefetched during backward
+            staged = self._staged[block_id]
+            event = self._ready.pop(block_id, None)
+            if event is not None:
+                torch.cuda.current_stream(self.device).wait_event(event)
+        else:
+            staged = self._stage(block_id)
+            self._staged[block_id] = staged
+        return dataclasses.replace(state, **staged) if staged else state
+
+    def _stage(self, block_id: str) -> dict[str, torch.Tensor]:
         state = self._states[block_id]
         kinds = slot_kinds(type(state))
         staged: dict[str, torch.Tensor] = {}
@@ -183,11 +226,12 @@ class TieredStateStore(StateStore):
                 continue
             start = self._recorder.clock()
             src = self._tier[key]
-            tensor = self._load(block_id, name, getattr(state, name)).to(self.device, copy=True)
+            tensor = self._load(block_id, name, getattr(state, name)).to(
+                self.device, copy=True, non_blocking=True
+            )
             staged[name] = tensor
             self._record_transfer("fetch", block_id, self._nbytes[key], src, Tier.DEVICE, start)
-        self._staged[block_id] = staged
-        return dataclasses.replace(state, **staged) if staged else state
+        return staged
 
     def release(self, block_id: str, view: Any) -> None:
         """Done with the block for this step: write back what changed, drop staged copies."""
@@ -220,15 +264,15 @@ class TieredStateStore(StateStore):
         if updates:
             self._states[block_id] = dataclasses.replace(state, **updates)
 
-    def begin_step(self, step: int) -> None:
-        """A step boundary: let the policy move slots, then record bytes per tier."""
+    def step_boundary(self, step: int) -> None:
+        """Before ``step``: let the policy move slots, then record bytes per tier."""
         self._step = step
         infos = self.slot_infos()
         moves = self.policy.place(infos, self.memory_view(step))
         for move in moves:
             self._apply(move)
         for tier, nbytes in self.tier_bytes().items():
-            self._recorder.counter("state_bytes", nbytes, step=step, key=tier.value)
+            self._recorder.counter("state_bytes", nbytes, step=step - 1, key=tier.value)
 
     def memory_view(self, step: int) -> MemoryView:
         resting = self.tier_bytes()
@@ -251,6 +295,8 @@ class TieredStateStore(StateStore):
 
     def _apply(self, move: Any) -> None:
         key = (move.block, move.slot)
+        self._staged.pop(move.block, None)  # a stale prefetch is staged again by get
+        self._ready.pop(move.block, None)
         state = self._states[move.block]
         start = self._recorder.clock()
         tensor = self._load(move.block, move.slot, getattr(state, move.slot))

@@ -104,7 +104,8 @@ class BlockedOptimizer(torch.optim.Optimizer):
         if self.execution.placement is not None:
             self.store = self._make_tiered_store()
         self._hook_handles: list[Any] = []
-        if self.execution.staleness.asynchronous and self.execution.hooks:
+        tiered = self.execution.placement is not None
+        if (self.execution.staleness.asynchronous or tiered) and self.execution.hooks:
             self._register_hooks()
         global _warned_tf32
         message = check_fp32_matmul_precision()
@@ -137,11 +138,15 @@ class BlockedOptimizer(torch.optim.Optimizer):
                 self._hook_handles.append(p.register_post_accumulate_grad_hook(self._on_grad_ready))
 
     def _on_grad_ready(self, p: torch.Tensor) -> None:
-        """Post-accumulate-grad hook: prefetch this parameter's due refresh results."""
+        """Post-accumulate-grad hook: prefetch this parameter's state and due refresh results."""
         index = self._param_index[id(p)]
         pstate = self.state.get(p)
         if not pstate or "step" not in pstate:
             return
+        prefetch = getattr(self.store, "prefetch", None)
+        if prefetch is not None:
+            for block in self._param_blocks[index]:
+                prefetch(block.id)
         next_t = pstate["step"] + 1
         for block in self._param_blocks[index]:
             if block.is_matrix and self.scheduler.prefetch(block.id, next_t, p.device):
@@ -238,14 +243,16 @@ class BlockedOptimizer(torch.optim.Optimizer):
                 loss = closure()
         self._calls += 1
         self.scheduler.begin_step(self._calls)
-        begin_step = getattr(self.store, "begin_step", None)
-        if begin_step is not None:
-            begin_step(self._calls)
         with self._recorder.span("optimizer_step", Category.OPTIMIZER, step=self._calls):
             for group in self.param_groups:
                 for p in group["params"]:
                     if p.grad is not None:
                         self._step_param(p, group)
+            # The step boundary: placement decides where state rests for the next
+            # step now, so that the next backward's prefetch hooks see it.
+            boundary = getattr(self.store, "step_boundary", None)
+            if boundary is not None:
+                boundary(self._calls + 1)
         return loss
 
     # ---------------------------------------------------------- internals
