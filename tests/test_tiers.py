@@ -170,3 +170,19 @@ def test_disk_full_falls_back_to_host_and_keeps_training(tmp_path: Path) -> None
     for a, b in zip(tiered, device_run("soap"), strict=True):
         assert torch.equal(a, b)
     assert [s for s in recorder.spans if s.name == "spill_failed"]
+
+
+def test_bench_tiers_quick_prints_its_table() -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "bench_tiers.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=root,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "| lifecycle |" in proc.stdout and "AdamW's 2 moments: met" in proc.stdout
