@@ -73,6 +73,25 @@ def test_placement_and_async_together(name: str) -> None:
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("placement", ["host", "lifecycle", "pressure:0:0", "pressure"])
+def test_bounded_at_reference_tau_matches_sync_under_every_placement(
+    name: str, placement: str
+) -> None:
+    tau = OPTIMIZERS[name][0].reference_tau
+    tiered, _ = train(
+        name,
+        ExecutionConfig(
+            staleness=Bounded(tau),
+            workers=1,
+            placement=parse_placement(placement),
+            device_budget_bytes=8000,
+        ),
+    )
+    for a, b in zip(tiered, device_run(name), strict=True):
+        assert ((a - b).norm() / b.norm()).item() <= 1e-6
+
+
 def test_lifecycle_keeps_only_moments_on_the_device() -> None:
     recorder = Recorder()
     _, opt = train(
