@@ -7,11 +7,12 @@ and no traceback; ``main`` enforces that for typer/click's own errors too.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import sys
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from asteria_bench.errors import UserError
@@ -366,14 +367,14 @@ def profile(
 
 
 def _click_classes(name: str) -> tuple[type[BaseException], ...]:
-    """The class ``name`` from click and from typer's vendored click (typer >= 0.20)."""
-    modules = [click.exceptions]
-    try:
-        import typer._click.exceptions as vendored
+    """The class ``name`` from click and from typer's vendored click (typer >= 0.20).
 
-        modules.append(vendored)
-    except ImportError:
-        pass
+    Newer typer releases vendor click and no longer install it, older ones use it.
+    """
+    modules = []
+    for module_name in ("click.exceptions", "typer._click.exceptions"):
+        with contextlib.suppress(ImportError):
+            modules.append(importlib.import_module(module_name))
     return tuple(getattr(m, name) for m in modules if hasattr(m, name))
 
 
