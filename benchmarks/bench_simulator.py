@@ -127,7 +127,11 @@ def main() -> None:
             )
         replay_sync, _ = replay_run(sync_run)
         replay_bounded, _ = replay_run(bounded_run)
-        held_out, _ = predict_run(sync_run, bounded_run)
+        from runtime.probe import worker_interference
+
+        interference = worker_interference(seconds=0.3 if args.quick else 1.0)
+        held_out_plain, _ = predict_run(sync_run, bounded_run)
+        held_out, _ = predict_run(sync_run, bounded_run, worker_interference=interference)
     print()
     print("Fidelity (targets: replay median 5 %, p99 10 %, overhead 10 %; held-out median 10 %)")
     print(
@@ -139,7 +143,8 @@ def main() -> None:
     for row in (
         *fidelity_rows("replay, sync", replay_sync),
         *fidelity_rows("replay, bounded:4", replay_bounded),
-        *fidelity_rows("held-out: sync -> bounded:4", held_out),
+        *fidelity_rows("held-out, no interference", held_out_plain),
+        *fidelity_rows(f"held-out, interference {interference:.2f}", held_out),
     ):
         print(row)
     print()

@@ -141,6 +141,43 @@ def disk_bandwidth(
         path.unlink(missing_ok=True)
 
 
+def worker_interference(n: int = 384, seconds: float = 1.0) -> float:
+    """How much a concurrent refresh-like job slows the training thread, as a fraction.
+
+    Times a one-thread GEMM loop alone, then while another thread runs eigh in a
+    loop (what a host refresh worker does); returns slowdown - 1. On a machine
+    with cores to spare this is near 0; with shared cores or memory bandwidth
+    it is what an asynchronous run pays on its critical path.
+    """
+    import threading
+
+    a = torch.randn(n, n)
+    sym = a @ a.T
+
+    def gemm_rate() -> float:
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            a @ a
+            done += 1
+        return done / (time.perf_counter() - start)
+
+    alone = gemm_rate()
+    stop = threading.Event()
+
+    def job() -> None:
+        while not stop.is_set():
+            torch.linalg.eigh(sym)
+
+    worker = threading.Thread(target=job, name="probe-worker")
+    worker.start()
+    try:
+        shared = gemm_rate()
+    finally:
+        stop.set()
+        worker.join()
+    return max(0.0, alone / shared - 1.0)
+
+
 def measure(disk_dir: Path | None, *, quick: bool = False) -> Measurements:
     n = 256 if quick else 1024
     cpu = torch.device("cpu")

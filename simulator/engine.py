@@ -43,6 +43,7 @@ class SimConfig:
     worker_speed: float = 1.0  # >1: jobs run faster than measured (e.g. more cores per job)
     jobs_on_device: bool = False  # refresh jobs share the training device (a low-priority stream)
     device_slice_ns: int = 2_000_000  # kernel granularity at which training preempts a job
+    worker_interference: float = 0.0  # host jobs slow training ops by this fraction while they run
 
 
 @dataclass
@@ -85,6 +86,7 @@ def simulate(
     host_workers: simpy.Store = simpy.Store(env)
     device = simpy.PriorityResource(env, capacity=1)
     contended = config.jobs_on_device and policy.asynchronous
+    running_jobs = [0]  # host worker jobs in progress (they share cores and memory bandwidth)
     pending: dict[str, list[_Job]] = {b.id: [] for b in model.blocks}
     steps = config.steps
     step_ns = np.zeros(steps, dtype=np.int64)
@@ -102,6 +104,8 @@ def simulate(
         detail: str | None = None,
     ) -> Any:
         start = int(env.now)
+        if running_jobs[0] and not contended:
+            duration = int(duration * (1.0 + config.worker_interference))
         if contended and duration > 0:
             with device.request(priority=0) as held:
                 yield held
@@ -133,7 +137,9 @@ def simulate(
                         yield env.timeout(piece)
                     left -= piece
             else:
+                running_jobs[0] += 1
                 yield env.timeout(job.duration_ns)
+                running_jobs[0] -= 1
             rec.add_span(
                 "refresh",
                 Category.REFRESH,

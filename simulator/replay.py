@@ -58,7 +58,7 @@ def measured_figures(run_dir: Path) -> StepFigures:
     )
 
 
-def sim_config_of(trace: Trace, steps: int) -> SimConfig:
+def sim_config_of(trace: Trace, steps: int, worker_interference: float = 0.0) -> SimConfig:
     """The policies a run used, as the simulator's configuration."""
     policies = trace.metadata.policies
     staleness: StalenessPolicy = parse_staleness(
@@ -69,6 +69,7 @@ def sim_config_of(trace: Trace, steps: int) -> SimConfig:
         staleness=staleness,
         workers=int(policies.get("workers", 1)),
         stagger=policies.get("stagger") == "on",
+        worker_interference=worker_interference,
     )
 
 
@@ -83,11 +84,17 @@ def replay_run(run_dir: Path) -> tuple[Fidelity, SimResult]:
     return Fidelity(measured_figures(run_dir), _simulated_figures(result)), result
 
 
-def predict_run(calibration_dir: Path, target_dir: Path) -> tuple[Fidelity, SimResult]:
+def predict_run(
+    calibration_dir: Path, target_dir: Path, worker_interference: float = 0.0
+) -> tuple[Fidelity, SimResult]:
     """Held-out: the model comes from ``calibration_dir`` only; ``target_dir``
-    contributes its policies and step count, and is then used for scoring."""
+    contributes its policies and step count, and is then used for scoring.
+
+    ``worker_interference`` is how much a running host job slows the training
+    thread on the calibration machine (``runtime.probe.worker_interference``);
+    a synchronous run cannot show it."""
     model = workload_from_trace(read_trace(calibration_dir))
     target = read_trace(target_dir)
     steps = int(pd.read_parquet(target_dir / "metrics.parquet")["step"].max())
-    result = simulate(model, sim_config_of(target, steps))
+    result = simulate(model, sim_config_of(target, steps, worker_interference))
     return Fidelity(measured_figures(target_dir), _simulated_figures(result)), result

@@ -180,3 +180,19 @@ def test_sync_policy_object_is_the_runtime_one() -> None:
     result = simulate(model("shampoo", f=3), SimConfig(steps=10, staleness=Sync()))
     taus = {c.value for c in result.recorder.counters if c.name == "staleness"}
     assert taus == {0.0}
+
+
+def test_worker_interference_slows_training_only_while_jobs_run() -> None:
+    m = model(refresh_ms=60.0, blocks=4, f=10)
+    plain = simulate(m, SimConfig(steps=60, staleness=Bounded(4), workers=1, stagger=True))
+    slowed = simulate(
+        m,
+        SimConfig(
+            steps=60, staleness=Bounded(4), workers=1, stagger=True, worker_interference=0.25
+        ),
+    )
+    assert slowed.step_ns.sum() > plain.step_ns.sum()
+    assert slowed.step_ns.max() <= plain.step_ns.max() * 1.25 + 1
+    sync_plain = simulate(m, SimConfig(steps=30))
+    sync_slowed = simulate(m, SimConfig(steps=30, worker_interference=0.25))
+    assert np.array_equal(sync_plain.step_ns, sync_slowed.step_ns)  # no workers, no interference
