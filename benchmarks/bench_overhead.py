@@ -50,9 +50,9 @@ from benchmarks._common import (
     set_threads,
 )
 from benchmarks.bench_spikes import (
-    PRECONDITIONED,
     Run,
     make_config,
+    optimizer_list,
     preset_line,
     run_training,
     thread_split_line,
@@ -119,21 +119,13 @@ def overhead_table(configs: list[Configuration], drop: int) -> str:
     return format_table(headers, rows)
 
 
-def _optimizer_list(text: str) -> list[str]:
-    names = [x.strip() for x in text.split(",") if x.strip()]
-    bad = [n for n in names if n not in PRECONDITIONED]
-    if bad or not names:
-        raise argparse.ArgumentTypeError(f"expected some of {PRECONDITIONED}, got {text!r}")
-    return list(dict.fromkeys(names))
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Mean step time of SOAP / Shampoo / KL-Shampoo (sync, async) vs AdamW.",
     )
     parser.add_argument(
         "--optimizers",
-        type=_optimizer_list,
+        type=optimizer_list,
         default=list(DEFAULT_OPTIMIZERS),
         help="comma-separated, any of soap, shampoo, kl-shampoo (default all three); "
         "AdamW always runs",

@@ -381,7 +381,8 @@ def summary_table(by_mode: dict[tuple[str, str], list[Run]], drop: int) -> str:
 
 
 # ---------------------------------------------------------------------- main
-def _optimizer_list(text: str) -> list[str]:
+def optimizer_list(text: str) -> list[str]:
+    """``--optimizers``: comma-separated preconditioned optimizers, deduplicated in order."""
     names = [x.strip() for x in text.split(",") if x.strip()]
     bad = [n for n in names if n not in PRECONDITIONED]
     if bad or not names:
@@ -395,7 +396,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--optimizers",
-        type=_optimizer_list,
+        type=optimizer_list,
         default=["soap"],
         help="comma-separated, any of soap, kl-shampoo, shampoo (default soap)",
     )

@@ -53,9 +53,9 @@ from benchmarks._common import (
 )
 from benchmarks.bench_convergence import steps_to_target
 from benchmarks.bench_spikes import (
-    PRECONDITIONED,
     Run,
     make_config,
+    optimizer_list,
     preset_line,
     run_training,
     thread_split_line,
@@ -143,14 +143,6 @@ def staleness_table(
     return format_table(headers, rows), diffs
 
 
-def _optimizer_list(text: str) -> list[str]:
-    names = [x.strip() for x in text.split(",") if x.strip()]
-    bad = [n for n in names if n not in PRECONDITIONED]
-    if bad or not names:
-        raise argparse.ArgumentTypeError(f"expected some of {PRECONDITIONED}, got {text!r}")
-    return list(dict.fromkeys(names))
-
-
 def _tau_list(text: str) -> list[int]:
     try:
         taus = [int(x) for x in text.split(",") if x.strip()]
@@ -169,7 +161,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--optimizers",
-        type=_optimizer_list,
+        type=optimizer_list,
         default=["soap"],
         help="comma-separated, any of soap, kl-shampoo, shampoo (default soap)",
     )
