@@ -116,23 +116,20 @@ def summary_markdown(
         f"| waits for late refreshes | {f.total_wait_ms:.1f} ms in {f.steps_with_wait} steps |",
         f"| optimizer state | {_mib(f.optimizer_state_bytes)} |",
     ]
+    # Optional rows close the table, in this order.
     if tier_bytes:
         text = ", ".join(
             f"{tier} {_mib(last)} (peak {_mib(peak)})" for tier, (last, peak) in tier_bytes.items()
         )
-        lines.insert(
-            lines.index("| figure | value |") + 2 + 13, f"| optimizer state by tier | {text} |"
-        )
-    if f.total_transfer_ms > 0:
-        lines.insert(
-            lines.index("| figure | value |") + 2 + 13,
-            f"| visible transfer time (fetch, write-back, moves on the training thread) | {f.total_transfer_ms:.1f} ms, {f.total_transfer_ms / f.steps:.2f} ms per step |",
-        )
+        lines.append(f"| optimizer state by tier | {text} |")
     if staleness is not None:
         mean_tau, max_tau, installs = staleness
-        lines.insert(
-            lines.index("| figure | value |") + 2 + 13,
-            f"| staleness of installed refreshes | mean {mean_tau:.2f}, max {max_tau:.0f} steps ({installs} installs) |",
+        lines.append(
+            f"| staleness of installed refreshes | mean {mean_tau:.2f}, max {max_tau:.0f} steps ({installs} installs) |"
+        )
+    if f.total_transfer_ms > 0:
+        lines.append(
+            f"| visible transfer time (fetch, write-back, moves on the training thread) | {f.total_transfer_ms:.1f} ms, {f.total_transfer_ms / f.steps:.2f} ms per step |"
         )
     if note:
         lines += ["", note]
