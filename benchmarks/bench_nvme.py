@@ -2,9 +2,10 @@
 
 Spill side: ``--size`` MiB of float32 tensors, ``--chunk`` MiB each, written
 with ``SpillStore.write_async`` (one checksummed file per tensor, ``--threads``
-I/O threads) and waited for, then read back with ``read_async`` into new
-tensors, and once more into the source tensors (``out=``, the row
-``read into out=``: no allocation, as with a buffer pool). Raw side: one file written sequentially in ``--chunk`` MiB writes from
+I/O threads) and waited for, then read back with ``read_async`` into buffers
+taken from a ``HostPool`` and given back after (the row ``read``: what the
+tier manager does), and once more into new tensors (the row ``read, new
+tensors``: an allocation and its page faults per read, for context). Raw side: one file written sequentially in ``--chunk`` MiB writes from
 one page-aligned buffer and fsynced, then read back sequentially into that
 buffer: what the device gives a single stream with no checksum, no header and
 no allocation. Both use O_DIRECT where the directory takes it; otherwise both
@@ -28,12 +29,12 @@ import os
 import sys
 import tempfile
 import time
-import zlib
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np
 import torch
 
 from benchmarks._common import (
@@ -45,22 +46,24 @@ from benchmarks._common import (
     median,
     set_threads,
 )
+from runtime.host_pool import HostPool
 from runtime.spill import SpillDirectory, SpillKey, SpillStore
+from runtime.spill.layout import CHECKSUM, checksum
 
 MIB = 2**20
 GOAL = 0.8
-READ_INTO = "read into out="
-"""The extra row: spill reads into existing tensors (a buffer pool), against the same raw read."""
+NEW_TENSORS = "read, new tensors"
+"""The extra row: spill reads that allocate their tensors, against the same raw read."""
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 
-def crc32_mbs(nbytes: int = 64 * MIB, reps: int = 3) -> float:
-    """CRC-32 throughput on one core (MB/s): the CPU the spill tier spends per byte moved."""
-    data = os.urandom(nbytes)
+def checksum_mbs(nbytes: int = 64 * MIB, reps: int = 3) -> float:
+    """Payload-checksum throughput on one core (MB/s): the CPU the spill tier spends per byte."""
+    data = np.frombuffer(os.urandom(nbytes), np.uint8)
     times = []
     for _ in range(reps):
         start = time.perf_counter()
-        zlib.crc32(data)
+        checksum(data)
         times.append(time.perf_counter() - start)
     return nbytes / median(times) / 1e6
 
@@ -116,6 +119,7 @@ class SpillSide:
 
     def __init__(self, store: SpillStore, tensors: list[torch.Tensor]) -> None:
         self.store, self.tensors = store, tensors
+        self.pool = HostPool(pin_memory=store.pin_memory)
         self.keys = [SpillKey(f"bench/{i}", "payload") for i in range(len(tensors))]
 
     def write(self) -> None:
@@ -126,16 +130,20 @@ class SpillSide:
             f.result()
 
     def read(self, check: bool = False) -> None:
-        futures = [self.store.read_async(k) for k in self.keys]
-        results = [f.result() for f in futures]
-        if check and not all(torch.equal(a, b) for a, b in zip(results, self.tensors, strict=True)):
-            raise SystemExit("spill read returned different bytes than were written")
-
-    def read_into(self) -> None:
-        """Read back into the tensors the bytes came from (buffers reused, no allocation)."""
+        """Into pool buffers, each given back once read (and checked), as the tier manager does."""
         futures = [
-            self.store.read_async(k, out=t) for k, t in zip(self.keys, self.tensors, strict=True)
+            self.store.read_async(k, out=self.pool.tensor(t.dtype, t.shape))
+            for k, t in zip(self.keys, self.tensors, strict=True)
         ]
+        for future, source in zip(futures, self.tensors, strict=True):
+            result = future.result()
+            if check and not torch.equal(result, source):
+                raise SystemExit("spill read returned different bytes than were written")
+            self.pool.release(result)
+
+    def read_new(self) -> None:
+        """Into a new tensor per read (allocation and first-touch page faults included)."""
+        futures = [self.store.read_async(k) for k in self.keys]
         for f in futures:
             f.result()
 
@@ -189,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
             f"directory: {spill_dir.path} | {count} x {args.chunk} MiB = {total / MIB:.0f} MiB "
             f"per direction | {args.rounds} rounds + 1 warm-up | spill I/O threads {args.threads}"
         )
-        print(f"spill I/O mode: {mode_name(store.direct_io)} (CRC-32 per file, 4 KiB header)")
+        print(f"spill I/O mode: {mode_name(store.direct_io)} ({CHECKSUM} per file, 4 KiB header)")
         print(
             f"raw I/O mode: {mode_name(raw.direct)} (one file, {args.chunk} MiB sequential calls, "
             f"one fsync)"
@@ -224,8 +232,8 @@ def main(argv: list[str] | None = None) -> int:
                             side.read(check=True)  # warm-up round: bitwise check, untimed
                         gc.collect()
                         start = time.perf_counter()
-                        side.read_into()
-                        times[READ_INTO] = time.perf_counter() - start
+                        side.read_new()
+                        times[NEW_TENSORS] = time.perf_counter() - start
                     side.clear()
                     gc.collect()
                     for direction, seconds in times.items():
@@ -235,12 +243,12 @@ def main(argv: list[str] | None = None) -> int:
             gc.enable()
 
     rows, verdicts = [], []
-    for direction in ("write", "read", READ_INTO):
+    for direction in ("write", "read", NEW_TENSORS):
         spill_mbs = median(samples["spill", direction])
-        raw_mbs = median(samples["raw", direction.split()[0]])
+        raw_mbs = median(samples["raw", direction.split(",")[0]])
         ratio = spill_mbs / raw_mbs
         rows.append([direction, fmt(spill_mbs, 0), fmt(raw_mbs, 0), fmt(ratio)])
-        if direction != READ_INTO:
+        if direction != NEW_TENSORS:
             verdicts.append(f"{direction}: {fmt(ratio)} ({'met' if ratio >= GOAL else 'NOT MET'})")
     print()
     print(format_table(["direction", "spill MB/s", "raw MB/s", "ratio"], rows))
@@ -250,11 +258,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"per-round MB/s min-max: {spread}")
     print(f"goal spill/raw >= {GOAL}: " + "; ".join(verdicts))
-    crc = crc32_mbs(16 * MIB if args.quick else 64 * MIB)
+    rate = checksum_mbs(16 * MIB if args.quick else 64 * MIB)
     print(
-        f"CRC-32 on one core here: {crc:.0f} MB/s; every spilled byte is checksummed once per "
-        f"write and once per read, so the spill side needs about raw MB/s / {crc:.0f} of a free "
-        "core to keep up with the device"
+        f"{CHECKSUM} on one core here: {rate:.0f} MB/s; every spilled byte is checksummed once "
+        f"per write and once per read, so the spill side needs about raw MB/s / {rate:.0f} of a "
+        "free core to keep up with the device"
     )
     print(f"load average at end: {load_average()}")
     return 0

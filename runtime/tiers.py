@@ -12,6 +12,10 @@ install replaced is written back whatever the policy's access pattern.
 
 On a machine without a GPU the "device" is the CPU and its memory is a byte
 budget, so every policy runs, and is tested, on real copies and real files.
+
+Host-resident state lives in a ``HostPool`` (pinned when the device is a GPU):
+a write-back overwrites the slot's host buffer in place, and spill reads and
+writes go through pool buffers, so the steady state allocates no host memory.
 Transfers are spans (``fetch``, ``write_back``, ``move``) with bytes and
 tiers; every move decision is an ``event`` span whose detail is the reason.
 """
@@ -26,6 +30,7 @@ from typing import Any
 import psutil
 import torch
 
+from runtime.host_pool import HostPool
 from runtime.policies.placement import Access, MemoryView, PlacementPolicy, SlotInfo, check_budget
 from runtime.policies.placement import LinkKind as PolicyLink
 from runtime.state import StateStore, slot_kinds
@@ -38,7 +43,8 @@ class TieredStateStore(StateStore):
 
     ``spill`` is an object with ``write(key, tensor)``, ``read(key) -> tensor``
     and ``remove(key)`` (``runtime.spill.SpillStore``); without one the NVMe
-    tier is unavailable to the policy.
+    tier is unavailable to the policy. ``spill.read`` must take ``out=`` (a
+    host tensor of the spilled dtype and shape to read into).
     """
 
     def __init__(
@@ -60,6 +66,8 @@ class TieredStateStore(StateStore):
         self._spill = spill
         self._tier: dict[tuple[str, str], Tier] = {}
         self._nbytes: dict[tuple[str, str], int] = {}
+        self._layout: dict[tuple[str, str], tuple[torch.dtype, torch.Size]] = {}
+        self.pool = HostPool(pin_memory=device.type == "cuda", recorder=recorder)
         self._staged: dict[str, dict[str, torch.Tensor]] = {}
         self._step = 0
         self._warned_spill = False
@@ -93,13 +101,11 @@ class TieredStateStore(StateStore):
             out[tier] += self._nbytes[key]
         return out
 
-    def _host_tensor(self, t: torch.Tensor) -> torch.Tensor:
-        host = t.detach().to("cpu", copy=True)
-        if not host.is_contiguous():
+    def _host_copy(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` copied into a pool buffer (the caller owns it)."""
+        if not t.is_contiguous():
             raise ValueError("optimizer state must be contiguous to be tiered")
-        if torch.cuda.is_available():
-            host = host.pin_memory()
-        return host
+        return self.pool.copy_of(t)
 
     def _record_transfer(
         self, name: str, block: str, nbytes: int, src: Tier, dst: Tier, start: int
@@ -118,15 +124,38 @@ class TieredStateStore(StateStore):
         )
 
     def _store_at(
-        self, block: str, name: str, tensor: torch.Tensor, tier: Tier
+        self,
+        block: str,
+        name: str,
+        tensor: torch.Tensor,
+        tier: Tier,
+        *,
+        buffer: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
-        """Put ``tensor`` at rest on ``tier``; returns what the state field holds (None on NVMe)."""
+        """Put ``tensor`` at rest on ``tier``; returns what the state field holds (None on NVMe).
+
+        ``buffer`` is a pool buffer of the slot's size that the caller owns
+        (``tensor`` itself, or the slot's old host copy): on the host it
+        becomes the resting copy (written in place), for NVMe it is what is
+        written. The caller releases ``buffer`` unless it is what came back.
+        """
+        self._layout[(block, name)] = (tensor.dtype, tensor.shape)
         if tier is Tier.DEVICE:
             return tensor if tensor.device == self.device else tensor.to(self.device)
         if tier is Tier.HOST:
-            return self._host_tensor(tensor)
+            if buffer is None:
+                return self._host_copy(tensor)
+            if buffer is not tensor:
+                buffer.copy_(tensor)
+            return buffer
+        if buffer is None:
+            staging = self._host_copy(tensor)
+        else:
+            staging = buffer
+            if buffer is not tensor:
+                buffer.copy_(tensor)
         try:
-            self._spill.write((block, name), self._host_tensor(tensor))
+            self._spill.write((block, name), staging)
         except OSError as exc:  # disk full, unwritable: fall back to host, keep training
             self._tier[(block, name)] = Tier.HOST
             self._spill_failed = True  # the policy sees no NVMe tier from now on
@@ -144,15 +173,27 @@ class TieredStateStore(StateStore):
                     f"spill tier unavailable ({exc}); keeping optimizer state on host", stacklevel=2
                 )
                 self._warned_spill = True
-            return self._host_tensor(tensor)
+            return staging  # the caller's buffer or our copy: either way now the host copy
+        if buffer is None:
+            self.pool.release(staging)
         return None
 
     def _load(self, block: str, name: str, resting: torch.Tensor | None) -> torch.Tensor:
+        """The slot's tensor where it rests; from NVMe, read into a pool buffer the caller owns."""
         tier = self._tier[(block, name)]
         if tier is Tier.NVME:
-            return self._spill.read((block, name))
+            dtype, shape = self._layout[(block, name)]
+            return self._spill.read((block, name), out=self.pool.tensor(dtype, shape))
         assert resting is not None
         return resting
+
+    def _done_with(self, loaded: torch.Tensor) -> None:
+        """Release a buffer ``_load`` read from NVMe, once copies reading it have completed."""
+        event = None
+        if self.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(self.device))
+        self.pool.release(loaded, after=event)
 
     # -------------------------------------------------------------- the API
     def put(self, block_id: str, state: Any) -> None:
@@ -226,10 +267,10 @@ class TieredStateStore(StateStore):
                 continue
             start = self._recorder.clock()
             src = self._tier[key]
-            tensor = self._load(block_id, name, getattr(state, name)).to(
-                self.device, copy=True, non_blocking=True
-            )
-            staged[name] = tensor
+            loaded = self._load(block_id, name, getattr(state, name))
+            staged[name] = loaded.to(self.device, copy=True, non_blocking=True)
+            if src is Tier.NVME:
+                self._done_with(loaded)
             self._record_transfer("fetch", block_id, self._nbytes[key], src, Tier.DEVICE, start)
         return staged
 
@@ -256,7 +297,8 @@ class TieredStateStore(StateStore):
             if copy is not None and current is copy and access is not Access.FETCH_WRITE_BACK:
                 continue  # read-only use: the resting copy is still exact
             start = self._recorder.clock()
-            updates[name] = self._store_at(block_id, name, current, tier)
+            old = getattr(state, name) if tier is Tier.HOST else None
+            updates[name] = self._store_at(block_id, name, current, tier, buffer=old)
             if tier is not Tier.DEVICE:
                 self._record_transfer(
                     "write_back", block_id, self._nbytes[key], Tier.DEVICE, tier, start
@@ -299,11 +341,15 @@ class TieredStateStore(StateStore):
         self._ready.pop(move.block, None)
         state = self._states[move.block]
         start = self._recorder.clock()
+        src = self._tier[key]
         tensor = self._load(move.block, move.slot, getattr(state, move.slot))
-        if self._tier[key] is Tier.NVME:
+        if src is Tier.NVME:
             self._spill.remove((move.block, move.slot))
         self._tier[key] = move.dst
-        resting = self._store_at(move.block, move.slot, tensor, move.dst)
+        buffer = None if src is Tier.DEVICE else tensor  # host copy or NVMe read: ours
+        resting = self._store_at(move.block, move.slot, tensor, move.dst, buffer=buffer)
+        if buffer is not None and resting is not buffer:
+            self._done_with(buffer)
         self._states[move.block] = dataclasses.replace(state, **{move.slot: resting})
         self._record_transfer("move", move.block, move.nbytes, move.src, self._tier[key], start)
         now = self._recorder.clock()
@@ -328,7 +374,9 @@ class TieredStateStore(StateStore):
     def _materialized(self, block: str) -> Any:
         state = self._states[block]
         loaded = {
-            name: self._load(block, name, getattr(state, name))
+            name: self._spill.read((block, name))
+            if self._tier[(block, name)] is Tier.NVME
+            else getattr(state, name)
             for name in slot_kinds(type(state))
             if (block, name) in self._tier
         }

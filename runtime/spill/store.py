@@ -1,27 +1,9 @@
-"""The NVMe spill tier: optimizer-state tensors as checked files in a per-run folder.
+"""The spill store: optimizer-state tensors as checked files, moved on I/O threads.
 
-A ``SpillDirectory`` is a fresh 0700 folder made inside the user's
-``--spill-dir``; it is removed by ``close()``, at interpreter exit, and on
-SIGTERM / SIGINT (the previous handler runs afterwards, so Ctrl-C still stops
-the program). A ``SpillStore`` writes one file per ``(block id, slot)`` key on a
-pool of I/O threads and reads it back into a new host tensor (pinned where CUDA
-is present), checking a CRC-32 of the payload on every read.
-
-File format (little endian, version 1)::
-
-    offset 0            16-byte prefix: b"ASPL", u16 version, u16 flags (0),
-                        u32 header_bytes, u32 json_len
-    offset 16           JSON: block, slot, dtype, shape, nbytes, skew, crc32 (8 hex digits)
-    after the JSON      u32 CRC-32 of prefix + JSON; zeros up to header_bytes
-    header_bytes        ``skew`` zero bytes, the raw tensor bytes, zeros up to a
-                        multiple of 4096
-
-``header_bytes`` is a multiple of 4096 (4096 unless the shape is huge).
-``skew`` (0-4095) is the tensor's address modulo 4096 when it was written with
-O_DIRECT: the payload then sits in the file exactly as in memory relative to
-4 KiB blocks, so all but its first and last block go straight from the
-tensor's memory to the device (no copy), and a tensor read back keeps the same
-skew (it re-spills without a copy too). Nothing is pickled.
+A ``SpillStore`` writes one file per ``(block id, slot)`` key (format in
+``runtime.spill.layout``) on a pool of I/O threads and reads it back into a
+new host tensor (pinned where CUDA is present) or into a caller's buffer,
+checking the payload checksum on every read.
 
 I/O mode: O_DIRECT with page-aligned buffers where the file system takes it
 (probed once per directory, ``SpillDirectory.direct_io``), else buffered writes
@@ -45,136 +27,55 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import hashlib
 import itertools
-import json
-import mmap
 import os
-import re
-import shutil
-import signal
-import stat
-import struct
-import tempfile
 import threading
 import time
-import weakref
-import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
-from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
+from runtime.spill.directory import SpillDirectory
+from runtime.spill.errors import (
+    ChecksumError,
+    SpillError,
+    SpillFull,
+    SpillKey,
+    SpillReadError,
+    SpillWriteError,
+)
+from runtime.spill.layout import (
+    ALIGN,
+    SpillFile,
+    address,
+    align_up,
+    aligned_buffer,
+    check_header,
+    checksum,
+    encode_header,
+    file_name,
+    pieces,
+)
 from traces.recorder import NULL_RECORDER, Recorder
 from traces.schema import NO_STEP, Category, Tier
 
 if TYPE_CHECKING:  # torch is imported where a tensor is touched, so that a process can
     import torch  # set up (and clean up) its spill directory without loading torch
 
-__all__ = [
-    "ALIGN",
-    "ChecksumError",
-    "SpillDirectory",
-    "SpillError",
-    "SpillFile",
-    "SpillFull",
-    "SpillKey",
-    "SpillReadError",
-    "SpillStats",
-    "SpillStore",
-    "SpillWriteError",
-    "probe_direct_io",
-]
-
-ALIGN = 4096
-"""Alignment of the payload offset, of its padded length and of every O_DIRECT buffer."""
-
-MAGIC = b"ASPL"
-FORMAT_VERSION = 1
 DEFAULT_SEGMENT_BYTES = 8 * 2**20
 """Bounce-buffer size for the one case that needs more than a block: a read into an
 ``out`` tensor whose address modulo 4096 differs from the file's skew."""
 
-_PREFIX = struct.Struct("<4sHHII")  # magic, version, flags, header_bytes, json_len
-_U32 = struct.Struct("<I")
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 _FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 Writer = Callable[[int, Any], int]
 """``os.write``'s signature: (fd, bytes-like) -> bytes written."""
-
-
-class SpillError(OSError):
-    """A spill-tier failure; ``str()`` is one line naming the path (and key) at fault."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        path: str | os.PathLike[str] | None = None,
-        key: SpillKey | None = None,
-        code: int | None = None,
-    ) -> None:
-        if code is None:
-            super().__init__(message)
-        else:
-            super().__init__(code, message)
-        self.message = message
-        self.path = None if path is None else Path(path)
-        self.key = key
-
-    def __str__(self) -> str:
-        return self.message
-
-
-class SpillWriteError(SpillError):
-    """A write failed (EIO, EROFS, a removed directory...); the tensor was not spilled."""
-
-
-class SpillFull(SpillWriteError):
-    """A write failed because the device or the quota is full (ENOSPC, EDQUOT)."""
-
-
-class SpillReadError(SpillError):
-    """A spilled tensor could not be read back."""
-
-
-class ChecksumError(SpillReadError):
-    """The bytes on disk are not the bytes that were written."""
-
-
-class SpillKey(NamedTuple):
-    """One tensor of the state store: a block id and the name of one of its slots."""
-
-    block: str
-    slot: str
-
-
-@dataclass(frozen=True)
-class SpillFile:
-    """What the store knows of one spilled tensor (and what its header repeats)."""
-
-    key: SpillKey
-    path: Path
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    nbytes: int
-    crc32: int
-    header_bytes: int
-    skew: int  # the payload starts at header_bytes + skew
-
-    @property
-    def payload_offset(self) -> int:
-        return self.header_bytes + self.skew
-
-    @property
-    def file_bytes(self) -> int:
-        return self.header_bytes + _align_up(self.skew + self.nbytes)
 
 
 @dataclass
@@ -190,231 +91,10 @@ class SpillStats:
     failures: int = 0
 
 
-def _align_up(n: int) -> int:
-    return -(-n // ALIGN) * ALIGN
-
-
-def _addr(array: np.ndarray) -> int:
-    return int(array.__array_interface__["data"][0])
-
-
-def _aligned_buffer(nbytes: int) -> np.ndarray:
-    """Zeroed, page-aligned host memory (an anonymous mmap) as a uint8 array."""
-    return np.frombuffer(mmap.mmap(-1, max(nbytes, ALIGN)), dtype=np.uint8)[:nbytes]
-
-
-# ---------------------------------------------------------------------------
-# The per-run directory and its clean-up on exit and on signals.
-
-_registry_lock = threading.RLock()  # re-entrant: a signal may land while it is held
-_live: weakref.WeakValueDictionary[int, SpillDirectory] = weakref.WeakValueDictionary()
-_previous_handlers: dict[int, Any] = {}
-_HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-def _remove_tree(path: str) -> None:
-    """Remove ``path``; retried because an I/O thread may add a file meanwhile."""
-    for _ in range(3):
-        shutil.rmtree(path, ignore_errors=True)
-        if not os.path.lexists(path):
-            return
-
-
-def _on_signal(signum: int, frame: FrameType | None) -> None:
-    with _registry_lock:
-        directories = list(_live.values())
-    for directory in directories:
-        if signum != signal.SIGINT or directory.cleanup_on_sigint:
-            directory.close()
-    previous = _previous_handlers.get(signum, signal.SIG_DFL)
-    if callable(previous):
-        previous(signum, frame)
-    elif signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    else:  # SIG_DFL: die of the signal, as without us (the exit status says so)
-        signal.signal(signum, signal.SIG_DFL)
-        os.kill(os.getpid(), signum)
-        raise SystemExit(128 + signum)
-
-
-def _install_handlers() -> None:
-    """Chain our handler in front of the current one (main thread, SIG_IGN respected)."""
-    if threading.current_thread() is not threading.main_thread():
-        return
-    for signum in _HANDLED_SIGNALS:
-        if signum in _previous_handlers:
-            continue
-        current = signal.getsignal(signum)
-        if current is signal.SIG_IGN or current is None:  # ignored, or a handler not ours to chain
-            continue
-        _previous_handlers[signum] = current
-        signal.signal(signum, _on_signal)
-
-
-def _restore_handlers() -> None:
-    if threading.current_thread() is not threading.main_thread():
-        return  # left installed: with no live directory it only chains
-    for signum, previous in list(_previous_handlers.items()):
-        if signal.getsignal(signum) is _on_signal:
-            signal.signal(signum, previous)
-        del _previous_handlers[signum]
-
-
-class SpillDirectory:
-    """A fresh, private (0700) folder inside ``parent`` that is removed whatever happens.
-
-    Removed by ``close()`` (idempotent), when garbage collected, at interpreter
-    exit (``weakref.finalize`` runs from ``atexit``) and, with
-    ``handle_signals``, on SIGTERM and SIGINT before the previous handler runs
-    (SIGINT then still raises ``KeyboardInterrupt``). Handlers are installed
-    only from the main thread and restored when the last directory closes.
-    With ``cleanup_on_sigint=False`` a Ctrl-C leaves the files until exit, for
-    a program that catches ``KeyboardInterrupt`` and still needs them (say, to
-    write a checkpoint).
-    """
-
-    def __init__(
-        self,
-        parent: str | os.PathLike[str],
-        *,
-        handle_signals: bool = True,
-        cleanup_on_sigint: bool = True,
-    ) -> None:
-        parent_path = Path(parent).expanduser()
-        if not parent_path.is_dir():
-            what = "does not exist" if not parent_path.exists() else "is not a directory"
-            raise SpillError(f"spill directory parent {parent_path} {what}", path=parent_path)
-        if not os.access(parent_path, os.W_OK | os.X_OK):
-            raise SpillError(
-                f"spill directory parent {parent_path} is not writable", path=parent_path
-            )
-        try:
-            path = tempfile.mkdtemp(prefix="asteria-spill-", dir=parent_path)
-        except OSError as exc:
-            raise SpillError(
-                f"cannot create a spill directory in {parent_path}: {exc.strerror}",
-                path=parent_path,
-                code=exc.errno,
-            ) from exc
-        os.chmod(path, stat.S_IRWXU)
-        self.path = Path(path)
-        self.cleanup_on_sigint = cleanup_on_sigint
-        self._direct_io: bool | None = None
-        self._finalizer = weakref.finalize(self, _remove_tree, path)
-        with _registry_lock:
-            _live[id(self)] = self
-            if handle_signals:
-                _install_handlers()
-
-    @property
-    def closed(self) -> bool:
-        return not self._finalizer.alive
-
-    @property
-    def direct_io(self) -> bool:
-        """Whether O_DIRECT works here (probed on first use, then remembered)."""
-        if self._direct_io is None:
-            self._direct_io = probe_direct_io(self.path)
-        return self._direct_io
-
-    def close(self) -> None:
-        """Remove every file and the folder. Safe to call twice, from any thread."""
-        self._finalizer()
-        with _registry_lock:
-            if _live.pop(id(self), None) is not None and not _live:
-                _restore_handlers()
-
-    def __enter__(self) -> SpillDirectory:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"SpillDirectory({str(self.path)!r}{', closed' if self.closed else ''})"
-
-
-def probe_direct_io(directory: str | os.PathLike[str]) -> bool:
-    """Whether an aligned O_DIRECT write and read of one block work in ``directory``."""
-    if not _O_DIRECT:
-        return False
-    path = Path(directory) / f".direct-probe-{os.getpid()}-{threading.get_ident()}"
-    buffer = _aligned_buffer(ALIGN)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | _O_DIRECT, 0o600)
-        try:
-            return os.write(fd, buffer.data) == ALIGN and os.preadv(fd, [buffer.data], 0) == ALIGN
-        finally:
-            os.close(fd)
-    except OSError:
-        return False
-    finally:
-        with contextlib.suppress(OSError):
-            path.unlink()
-
-
-# ---------------------------------------------------------------------------
-# The header.
-
-
-def _header_meta(entry: SpillFile) -> dict[str, Any]:
-    return {
-        "block": entry.key.block,
-        "slot": entry.key.slot,
-        "dtype": str(entry.dtype).removeprefix("torch."),
-        "shape": list(entry.shape),
-        "nbytes": entry.nbytes,
-        "skew": entry.skew,
-        "crc32": f"{entry.crc32:08x}",
-    }
-
-
-def _encode_header(entry: SpillFile) -> bytes:
-    """The header of ``entry`` (whose ``header_bytes`` is ignored and recomputed)."""
-    body = json.dumps(_header_meta(entry), separators=(",", ":")).encode()
-    header_bytes = _align_up(_PREFIX.size + len(body) + _U32.size)
-    head = _PREFIX.pack(MAGIC, FORMAT_VERSION, 0, header_bytes, len(body)) + body
-    return (head + _U32.pack(zlib.crc32(head))).ljust(header_bytes, b"\0")
-
-
-def _check_header(raw: np.ndarray, entry: SpillFile) -> None:
-    """Raise ``ChecksumError`` unless ``raw`` is the header ``entry`` was written with."""
-    data = raw.tobytes()
-    magic, version, _, header_bytes, json_len = _PREFIX.unpack_from(data)
-    end = _PREFIX.size + json_len
-    if magic != MAGIC or version != FORMAT_VERSION or header_bytes != entry.header_bytes:
-        why = f"not a version-{FORMAT_VERSION} spill file header"
-    elif end + _U32.size > len(data) or _U32.unpack_from(data, end)[0] != zlib.crc32(data[:end]):
-        why = "header checksum mismatch"
-    else:
-        meta = json.loads(data[_PREFIX.size : end])
-        expected = _header_meta(entry)
-        if meta == expected:
-            return
-        why = f"header {meta} does not match what was written ({expected})"
-    raise ChecksumError(
-        f"spilled tensor {tuple(entry.key)} in {entry.path}: {why}",
-        path=entry.path,
-        key=entry.key,
-        code=errno.EIO,
-    )
-
-
-# ---------------------------------------------------------------------------
-# The store.
-
-
 def _as_key(key: SpillKey | tuple[str, str]) -> SpillKey:
     if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, str) for k in key)):
         raise TypeError(f"a spill key is a (block id, slot) pair of strings, got {key!r}")
     return SpillKey(*key)
-
-
-def _file_name(key: SpillKey) -> str:
-    """A readable, collision-free file name for any key (ids may hold '/' or spaces)."""
-    digest = hashlib.blake2s(json.dumps(list(key)).encode(), digest_size=6).hexdigest()
-    readable = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{key.block}.{key.slot}")[:80]
-    return f"{readable}-{digest}.spill"
 
 
 def _write_all(writer: Writer, fd: int, data: np.ndarray) -> None:
@@ -433,24 +113,6 @@ def _pread_all(fd: int, out: np.ndarray, offset: int) -> None:
         if got == 0:
             raise EOFError(f"file ends {len(out) - done} bytes early")
         done += got
-
-
-def _pieces(nbytes: int, skew: int, direct: bool) -> list[tuple[int, int, bool]]:
-    """Payload ranges ``(start, end, in_place)`` in file order, for a payload that starts
-    ``skew`` bytes into its first block and a memory address with the same skew.
-
-    An ``in_place`` range moves straight between the tensor's memory and the
-    file (aligned address, offset and length, as O_DIRECT needs); the others are
-    a partial first or last block, moved through an aligned, zero-padded buffer.
-    Buffered I/O moves everything in place and pads the last block.
-    """
-    if not direct:
-        body = nbytes - nbytes % ALIGN
-        return [(0, body, True)] * bool(body) + [(body, nbytes, False)] * (body < nbytes)
-    head = min(nbytes, -skew % ALIGN)
-    body = (nbytes - head) // ALIGN * ALIGN
-    pieces = [(0, head, False), (head, head + body, True), (head + body, nbytes, False)]
-    return [p for p in pieces if p[1] > p[0]]
 
 
 class SpillStore:
@@ -667,10 +329,10 @@ class SpillStore:
     def _staging(self, nbytes: int) -> np.ndarray:
         """Aligned memory for this I/O thread: its ``segment_bytes`` bounce buffer, reused."""
         if nbytes > self._segment_bytes:
-            return _aligned_buffer(nbytes)
+            return aligned_buffer(nbytes)
         bounce = getattr(self._local, "bounce", None)
         if bounce is None:
-            bounce = self._local.bounce = _aligned_buffer(self._segment_bytes)
+            bounce = self._local.bounce = aligned_buffer(self._segment_bytes)
         return bounce[:nbytes]
 
     def _write_job(
@@ -679,7 +341,7 @@ class SpillStore:
         if before is not None:
             wait_futures([before])
         nbytes = tensor.numel() * tensor.element_size()
-        final = self.path / _file_name(key)
+        final = self.path / file_name(key)
         tmp = final.with_name(f"{final.name}.{next(self._serial)}.tmp")
         start_ns, t0 = self._recorder.clock(), time.perf_counter()
         try:
@@ -714,10 +376,10 @@ class SpillStore:
 
         payload = tensor.resolve_conj().resolve_neg().reshape(-1).view(torch.uint8).numpy()
         nbytes = len(payload)
-        skew = _addr(payload) % ALIGN if self.direct_io and nbytes else 0
-        crc = zlib.crc32(payload.data)
-        entry = SpillFile(key, final, tensor.dtype, tuple(tensor.shape), nbytes, crc, 0, skew)
-        header = _encode_header(entry)
+        skew = address(payload) % ALIGN if self.direct_io and nbytes else 0
+        digest = checksum(payload)
+        entry = SpillFile(key, final, tensor.dtype, tuple(tensor.shape), nbytes, digest, 0, skew)
+        header = encode_header(entry)
         entry = dataclasses.replace(entry, header_bytes=len(header))
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | (_O_DIRECT if self.direct_io else 0)
         fd = os.open(tmp, flags, 0o600)
@@ -725,12 +387,12 @@ class SpillStore:
             staged = self._staging(len(header))
             staged[:] = np.frombuffer(header, np.uint8)
             _write_all(self._writer, fd, staged)
-            for start, end, in_place in _pieces(nbytes, skew, self.direct_io):
+            for start, end, in_place in pieces(nbytes, skew, self.direct_io):
                 if in_place:
                     _write_all(self._writer, fd, payload[start:end])
                 else:  # a partial first or last block: zero-filled around the bytes
                     lo = start + skew - (start + skew) % ALIGN
-                    staged = self._staging(_align_up(end + skew) - lo)
+                    staged = self._staging(align_up(end + skew) - lo)
                     staged[:] = 0
                     staged[start + skew - lo : end + skew - lo] = payload[start:end]
                     _write_all(self._writer, fd, staged)
@@ -801,7 +463,7 @@ class SpillStore:
             try:
                 header = self._staging(entry.header_bytes)
                 _pread_all(fd, header, 0)
-                _check_header(header, entry)
+                check_header(header, entry)
                 if region is not None:  # our own buffer: the whole region in one call
                     _pread_all(fd, region, entry.header_bytes)
                 else:
@@ -821,7 +483,7 @@ class SpillStore:
                 key=key,
                 code=getattr(exc, "errno", None) or errno.EIO,
             ) from exc
-        if zlib.crc32(dst.data) != entry.crc32:
+        if checksum(dst) != entry.checksum:
             raise ChecksumError(
                 f"spilled tensor {tuple(key)} in {entry.path}: payload checksum mismatch",
                 path=entry.path,
@@ -866,7 +528,7 @@ class SpillStore:
                     f"{entry.dtype} and shape {entry.shape}"
                 )
             return out, out.reshape(-1).view(torch.uint8).numpy(), None
-        size = _align_up(entry.skew + entry.nbytes)
+        size = align_up(entry.skew + entry.nbytes)
         raw = torch.empty(size, dtype=torch.uint8, pin_memory=self.pin_memory)
         if raw.data_ptr() % ALIGN:  # the CPU allocator aligns to 64 bytes only
             raw = torch.empty(size + ALIGN, dtype=torch.uint8, pin_memory=self.pin_memory)
@@ -882,20 +544,20 @@ class SpillStore:
         if not self.direct_io:
             _pread_all(fd, dst, base + skew)
             return
-        if _addr(dst) % ALIGN == skew:
-            pieces = _pieces(nbytes, skew, direct=True)
+        if address(dst) % ALIGN == skew:
+            ranges = pieces(nbytes, skew, direct=True)
         else:  # nothing lines up: everything through the bounce buffer
             seg = self._segment_bytes
-            size = _align_up(skew + nbytes)
-            pieces = [
+            size = align_up(skew + nbytes)
+            ranges = [
                 (max(0, lo - skew), min(nbytes, lo + seg - skew), False)
                 for lo in range(0, size, seg)
             ]
-        for start, end, in_place in pieces:
+        for start, end, in_place in ranges:
             if in_place:
                 _pread_all(fd, dst[start:end], base + skew + start)
             else:
                 lo = start + skew - (start + skew) % ALIGN
-                staged = self._staging(_align_up(end + skew) - lo)
+                staged = self._staging(align_up(end + skew) - lo)
                 _pread_all(fd, staged, base + lo)
                 np.copyto(dst[start:end], staged[start + skew - lo : end + skew - lo])
