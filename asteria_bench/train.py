@@ -228,7 +228,7 @@ def train(config: RunConfig, *, progress: ProgressCallback | None = None) -> Tra
             raise UserError(f"--spill-dir: {exc}") from None
     execution = execution_config(config, recorder, device, spill)
     hp = resolved_optimizer(config.optim)
-    from runtime.tiers import BudgetError
+    from runtime.tiers import BudgetError, DeviceOutOfMemory
 
     try:
         optimizer = build_optimizer(
@@ -265,22 +265,31 @@ def train(config: RunConfig, *, progress: ProgressCallback | None = None) -> Tra
             x, y = dataset.batch("train", t.batch_size, m.context, generator)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             first_span = len(recorder.spans)
-            with recorder.span("step", Category.STEP, step=step):
-                with recorder.span("forward", Category.COMPUTE, step=step):
-                    _, loss = model(x, y)
-                    assert loss is not None
+            try:
+                with recorder.span("step", Category.STEP, step=step):
+                    with recorder.span("forward", Category.COMPUTE, step=step):
+                        _, loss = model(x, y)
+                        assert loss is not None
+                        sync()
+                    with recorder.span("backward", Category.COMPUTE, step=step):
+                        loss.backward()
+                        if t.grad_clip > 0:
+                            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                        sync()
+                    opt_start = time.perf_counter_ns()
+                    with outer_optimizer_span(step):
+                        optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
                     sync()
-                with recorder.span("backward", Category.COMPUTE, step=step):
-                    loss.backward()
-                    if t.grad_clip > 0:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                    sync()
-                opt_start = time.perf_counter_ns()
-                with outer_optimizer_span(step):
-                    optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                sync()
-                opt_ns = time.perf_counter_ns() - opt_start
+                    opt_ns = time.perf_counter_ns() - opt_start
+            except DeviceOutOfMemory as exc:
+                stopped = str(exc)
+                break
+            except torch.cuda.OutOfMemoryError as exc:
+                reason = str(exc).splitlines()[0] if str(exc) else "CUDA out of memory"
+                placement = config.runtime.placement
+                stopped = f"out of device memory in step {step} (placement {placement}): {reason}"
+                break
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
                 stopped = f"loss became {loss_value} at step {step}"

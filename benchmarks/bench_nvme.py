@@ -1,16 +1,19 @@
 """Spill-tier throughput against raw sequential I/O of the same bytes in the same directory.
 
-Spill side: ``--size`` MiB of float32 tensors, ``--chunk`` MiB each, written
-with ``SpillStore.write_async`` (one checksummed file per tensor, ``--threads``
-I/O threads) and waited for, then read back with ``read_async`` into buffers
+Spill side: ``--size`` MiB of float32 tensors, ``--chunk`` MiB each, in
+``HostPool`` buffers as the tier manager holds them, written with
+``SpillStore.write_async`` (one checksummed file per tensor, ``--threads`` I/O
+threads) and waited for, then read back with ``read_async`` into buffers
 taken from a ``HostPool`` and given back after (the row ``read``: what the
 tier manager does), and once more into new tensors (the row ``read, new
-tensors``: an allocation and its page faults per read, for context). Raw side: one file written sequentially in ``--chunk`` MiB writes from
-one page-aligned buffer and fsynced, then read back sequentially into that
-buffer: what the device gives a single stream with no checksum, no header and
-no allocation. Both use O_DIRECT where the directory takes it; otherwise both
-write buffered and fsync (the spill store: ``fdatasync`` per file) and read
-after ``posix_fadvise(DONTNEED)``, and the script says so.
+tensors``: an allocation and its page faults per read, for context). Raw
+side: one file written sequentially in ``--chunk`` MiB writes from one
+page-aligned pool buffer (the memory the spill side reads into) and fsynced,
+then read back sequentially into that buffer: what the device gives a single
+stream with no checksum, no header and no allocation. Both use O_DIRECT where
+the directory takes it; otherwise both write buffered and fsync (the spill
+store: ``fdatasync`` per file) and read after ``posix_fadvise(DONTNEED)``,
+and the script says so.
 
 Each round runs both sides (write, then read), the side going first
 alternating from round to round, after one untimed warm-up round; files are
@@ -24,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import mmap
 import os
 import sys
 import tempfile
@@ -73,20 +75,26 @@ def mode_name(direct: bool) -> str:
 
 
 class RawSequential:
-    """One file, written and read front to back in ``chunk_bytes`` calls from one aligned buffer."""
+    """One file, written and read front to back in ``chunk_bytes`` calls from one aligned buffer.
+
+    The buffer is a ``HostPool`` buffer, the kind of memory the spill side
+    reads into: O_DIRECT's speed depends on the memory too (how its pages are
+    backed), and the ratio should compare the I/O paths only.
+    """
 
     def __init__(self, path: Path, total_bytes: int, chunk_bytes: int, direct: bool) -> None:
         self.path, self.direct = path, direct
         self.chunks = total_bytes // chunk_bytes
-        self.buffer = mmap.mmap(-1, chunk_bytes)  # page-aligned, as O_DIRECT requires
-        self.buffer.write(os.urandom(chunk_bytes))
+        self.pool = HostPool()
+        self.buffer = self.pool.tensor(torch.uint8, (chunk_bytes,)).numpy()  # page-aligned
+        self.buffer[:] = np.frombuffer(os.urandom(chunk_bytes), np.uint8)
 
     def write(self) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | (_O_DIRECT if self.direct else 0)
         fd = os.open(self.path, flags, 0o600)
         try:
             for _ in range(self.chunks):
-                if os.write(fd, self.buffer) != len(self.buffer):
+                if os.write(fd, self.buffer.data) != len(self.buffer):
                     raise OSError(f"short write to {self.path}")
             os.fsync(fd)
         finally:
@@ -105,7 +113,7 @@ class RawSequential:
         fd = os.open(self.path, os.O_RDONLY | (_O_DIRECT if self.direct else 0))
         try:
             for _ in range(self.chunks):
-                if os.readv(fd, [self.buffer]) != len(self.buffer):
+                if os.readv(fd, [self.buffer.data]) != len(self.buffer):
                     raise OSError(f"short read from {self.path}")
         finally:
             os.close(fd)
@@ -183,7 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     count = args.size // args.chunk
     total = count * chunk_bytes
     gen = torch.Generator().manual_seed(0)
-    tensors = [torch.rand(chunk_bytes // 4, generator=gen) for _ in range(count)]
+    # The tier writes from pool buffers (page-aligned), so a read into a pool buffer
+    # lines up with the file and goes in place; tensors from torch's allocator are
+    # 64-byte aligned only, and their reads into a pool buffer would be bounced.
+    sources = HostPool()
+    tensors = [sources.copy_of(torch.rand(chunk_bytes // 4, generator=gen)) for _ in range(count)]
 
     with (
         SpillDirectory(args.dir) as spill_dir,

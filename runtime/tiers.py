@@ -31,7 +31,16 @@ import psutil
 import torch
 
 from runtime.host_pool import HostPool
-from runtime.policies.placement import Access, MemoryView, PlacementPolicy, SlotInfo, check_budget
+from runtime.policies.placement import (
+    TIER_RANK,
+    Access,
+    MemoryView,
+    PlacementPolicy,
+    SlotInfo,
+    check_budget,
+    format_bytes,
+    peak_device_bytes,
+)
 from runtime.policies.placement import LinkKind as PolicyLink
 from runtime.state import StateStore, slot_kinds
 from traces.recorder import Recorder
@@ -315,6 +324,28 @@ class TieredStateStore(StateStore):
             self._apply(move)
         for tier, nbytes in self.tier_bytes().items():
             self._recorder.counter("state_bytes", nbytes, step=step - 1, key=tier.value)
+        self._check_device_memory(step)
+
+    def _check_device_memory(self, step: int) -> None:
+        """Stop where the placement needs more device memory than the budget allows.
+
+        The budget is the device's memory for optimizer state: on a machine
+        without a GPU it is the only limit there is, and on a GPU it is the
+        limit the user asked for (the allocator is a second, real one).
+        """
+        needed = peak_device_bytes(self.slot_infos(), self.policy, step)
+        if needed <= self.device_budget_bytes:
+            return
+        now = self._recorder.clock()
+        self._recorder.add_span(
+            "device_out_of_memory",
+            Category.EVENT,
+            now,
+            now,
+            step=step - 1,
+            detail=f"{needed} bytes needed, budget {self.device_budget_bytes}",
+        )
+        raise DeviceOutOfMemory(step, needed, self.device_budget_bytes, self.policy.name)
 
     def memory_view(self, step: int) -> MemoryView:
         resting = self.tier_bytes()
@@ -354,7 +385,7 @@ class TieredStateStore(StateStore):
         self._record_transfer("move", move.block, move.nbytes, move.src, self._tier[key], start)
         now = self._recorder.clock()
         self._recorder.add_span(
-            "evict" if move.dst.value > move.src.value else "promote",
+            "evict" if TIER_RANK[move.dst] > TIER_RANK[move.src] else "promote",
             Category.EVENT,
             now,
             now,
@@ -393,6 +424,26 @@ class TieredStateStore(StateStore):
 
 class BudgetError(ValueError):
     """A device budget smaller than one block's hot working set."""
+
+
+class DeviceOutOfMemory(RuntimeError):
+    """The placement needs more device memory for optimizer state than the device budget."""
+
+    def __init__(self, step: int, needed_bytes: int, budget_bytes: int, placement: str) -> None:
+        self.step = step
+        self.needed_bytes = needed_bytes
+        self.budget_bytes = budget_bytes
+        self.placement = placement
+        hint = (
+            "; placement pressure keeps state within the budget by evicting it to host and NVMe"
+            if placement.split(":")[0] != "pressure"
+            else ""
+        )
+        super().__init__(
+            f"out of device memory before step {step}: placement {placement} needs"
+            f" {format_bytes(needed_bytes)} ({needed_bytes} bytes) of optimizer state on the device,"
+            f" the device budget is {format_bytes(budget_bytes)} ({budget_bytes} bytes){hint}"
+        )
 
 
 def link_of(device: torch.device) -> PolicyLink:

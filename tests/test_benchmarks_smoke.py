@@ -219,3 +219,24 @@ def test_bench_staleness_quick() -> None:
         assert row["within 1%"] in ("yes", "no") and row["stagger"] == "on"
     assert "PROJECTION" in out
     assert "Goal: τ <= 8 within 1% of sync: soap τ=2 " in out
+
+
+def test_bench_pressure_quick_shows_oom_under_device_and_training_under_pressure(
+    tmp_path: Path,
+) -> None:
+    out = run_quick("bench_pressure.py", "--host-budget", "64KiB", "--out", str(tmp_path))
+    rows = {row["run"]: row for row in table(out, "run", "budget")}
+    assert rows["soap device"]["outcome"] == "out of device memory"
+    assert rows["soap lifecycle"]["outcome"] == "out of device memory"
+    assert rows["soap pressure"]["outcome"] == "trained"
+    budget = int(rows["adamw"]["peak device bytes at rest"].replace(",", ""))
+    assert int(rows["soap pressure"]["peak device bytes at rest"].replace(",", "")) <= budget
+    assert float(rows["adamw"]["vs AdamW"]) == 1.0
+    assert float(rows["soap pressure"]["vs AdamW"]) > 0
+    assert "shown: soap runs out of device memory under `device`" in out
+    from traces.io import read_trace
+
+    spans = read_trace(tmp_path / "soap-pressure").spans
+    assert {"evict", "move"} <= set(spans["name"])
+    assert "nvme" in set(spans["tier_to"].dropna().astype(str))  # past the host budget: spilled
+    assert "device_out_of_memory" in set(read_trace(tmp_path / "soap-device").spans["name"])

@@ -220,6 +220,27 @@ def test_interrupted_run_is_marked_incomplete(
     assert "interrupted after" in (staging / "INCOMPLETE").read_text()
 
 
+def test_out_of_device_memory_keeps_the_trace_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A placement that overflows the device budget stops with one line; pressure trains."""
+    out = tmp_path / "device"
+    budget = ["--device-budget", "1MiB"]
+    rc = run_cli(["run", "--optimizer", "soap", "--steps", "3", "--out", str(out), *budget, *TINY])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "out of device memory before step 2: placement device needs" in err
+    assert "Traceback" not in err
+    staging = out.with_name("device.incomplete")
+    assert "out of device memory" in (staging / "INCOMPLETE").read_text()
+    events = read_trace(staging).spans
+    assert "device_out_of_memory" in set(events["name"])
+    pressure = tmp_path / "pressure"
+    args = ["run", "--optimizer", "soap", "--steps", "3", "--placement", "pressure"]
+    assert run_cli([*args, "--out", str(pressure), *budget, *TINY]) == 0
+    assert len(pd.read_parquet(pressure / "metrics.parquet")) == 3
+
+
 def test_console_script_entry_point(tmp_path: Path) -> None:
     """The installed ``asteria-bench`` entry point (through ``python -m``) exits 2 on bad input."""
     proc = subprocess.run(

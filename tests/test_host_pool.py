@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,7 @@ def test_live_buffers_are_aligned_disjoint_and_keep_their_bytes(
         buffer[:nbytes].fill_(i % 251)
         live.append((buffer, nbytes, i % 251))
     spans = sorted(span(b, n) for b, n, _ in live)
-    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in itertools.pairwise(spans))
     for buffer, nbytes, value in live:
         assert bool((buffer[:nbytes] == value).all())
     assert pool.stats().in_use_bytes == sum(-(-n // ALIGN) * ALIGN for _, n, _ in live)

@@ -11,7 +11,7 @@ import torch
 from runtime import SOAP, ExecutionConfig, KLShampoo, Shampoo
 from runtime.policies.placement import parse_placement
 from runtime.policies.staleness import Bounded
-from runtime.tiers import BudgetError, TieredStateStore
+from runtime.tiers import BudgetError, DeviceOutOfMemory, TieredStateStore
 from traces.recorder import Recorder
 from traces.schema import Tier
 
@@ -54,8 +54,9 @@ def device_run(name: str) -> tuple[torch.Tensor, ...]:
 @pytest.mark.parametrize("placement", POLICIES)
 def test_placement_never_changes_the_math(name: str, placement: str) -> None:
     reference = device_run(name)
+    budget = 8000 if placement.startswith("pressure") else None  # the others would not fit it
     tiered, opt = train(
-        name, ExecutionConfig(placement=parse_placement(placement), device_budget_bytes=8000)
+        name, ExecutionConfig(placement=parse_placement(placement), device_budget_bytes=budget)
     )
     for a, b in zip(tiered, reference, strict=True):
         assert torch.equal(a, b)
@@ -121,6 +122,32 @@ def test_pressure_evicts_with_reasons_under_a_small_budget() -> None:
     counters = [c for c in recorder.counters if c.name == "state_bytes"]
     assert {c.key for c in counters} == {"device", "host", "nvme"}
     assert all(c.value <= 8000 for c in counters if c.key == "device")
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_over_budget_placement_runs_out_of_memory_where_pressure_trains(name: str) -> None:
+    """The emulated device has the budget's bytes: `device` cannot hold the state, `pressure` can."""
+    _, opt = train(name, ExecutionConfig(placement=parse_placement("device")), steps=2)
+    total = opt.store.total_bytes()  # type: ignore[attr-defined]
+    budget = total * 3 // 4
+    recorder = Recorder()
+    device = ExecutionConfig(
+        placement=parse_placement("device"), device_budget_bytes=budget, recorder=recorder
+    )
+    with pytest.raises(
+        DeviceOutOfMemory, match=rf"placement device needs .*\({total} bytes\)"
+    ) as err:
+        train(name, device)
+    assert (err.value.needed_bytes, err.value.budget_bytes) == (total, budget)
+    assert [s.name for s in recorder.spans if s.category.value == "event"] == [
+        "device_out_of_memory"
+    ]
+    pressured = ExecutionConfig(
+        placement=parse_placement("pressure:0:0"), device_budget_bytes=budget
+    )
+    params, _ = train(name, pressured)
+    for got, want in zip(params, device_run(name), strict=True):
+        assert torch.equal(got, want)
 
 
 def test_budget_below_one_blocks_working_set_is_refused_before_training() -> None:
