@@ -306,6 +306,20 @@ def simulate(
     precondition_frequency: Annotated[str, typer.Option(help="refresh every f steps")] = "10",
     tokens_per_rank: Annotated[str, typer.Option(help="tokens per rank and step")] = "16384",
     workers: Annotated[str, typer.Option(help="refresh workers per rank")] = "4",
+    placement: Annotated[
+        str,
+        typer.Option(
+            help="where optimizer state rests: device | host | lifecycle | pressure[:LOW_MiB:HIGH_MiB]"
+        ),
+    ] = "device",
+    device_budget: Annotated[
+        str | None,
+        typer.Option(help="device memory for optimizer state, e.g. 40GiB (default: the profile's)"),
+    ] = None,
+    host_budget: Annotated[
+        str | None,
+        typer.Option(help="host memory for optimizer state (default: the profile's)"),
+    ] = None,
     scenario: Annotated[
         str | None,
         typer.Option(help="a preset comparing AdamW, synchronous and asteria: gb10-1b, gh200-7b"),
@@ -324,6 +338,7 @@ def simulate(
 
     Example: asteria-bench simulate --hardware gh200 --nodes 4 --gpus-per-node 4
     --model 7b --optimizer soap --staleness sync,bounded:4 --steps 1000
+    --placement device,lifecycle
     """
     from asteria_bench.simulate_cmd import simulate_command
 
@@ -340,7 +355,12 @@ def simulate(
         precondition_frequency=precondition_frequency,
         tokens_per_rank=tokens_per_rank,
         workers=workers,
+        placement=placement,
     )
+    if device_budget is not None:
+        values["device_budget"] = device_budget
+    if host_budget is not None:
+        values["host_budget"] = host_budget
     simulate_command(values, scenario=scenario, out=out, convergence=convergence)
 
 

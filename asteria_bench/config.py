@@ -261,34 +261,14 @@ def validate(config: RunConfig) -> None:
         need(Path(r.spill_dir).is_dir(), "--spill-dir", "an existing folder", r.spill_dir)
 
 
-_UNITS = {
-    "": 1,
-    "B": 1,
-    "KB": 10**3,
-    "MB": 10**6,
-    "GB": 10**9,
-    "TB": 10**12,
-    "KIB": 2**10,
-    "MIB": 2**20,
-    "GIB": 2**30,
-    "TIB": 2**40,
-}
-
-
 def parse_bytes(text: str, option: str) -> int:
     """``2GiB``, ``512MiB``, ``1.5GB`` or a plain number of bytes."""
-    spelled = text.strip().upper().replace(" ", "")
-    number = spelled.rstrip("KMGTIB")
-    unit = spelled[len(number) :]
+    from traces.units import parse_size
+
     try:
-        value = float(number) * _UNITS[unit]
-    except (ValueError, KeyError):
-        raise UserError(
-            f"{option}: expected a size such as 2GiB, 512MiB or 1e9, got {text!r}"
-        ) from None
-    if value <= 0:
-        raise UserError(f"{option}: expected a positive size, got {text!r}")
-    return int(value)
+        return parse_size(text)
+    except ValueError as exc:
+        raise UserError(f"{option}: {exc}") from None
 
 
 # ----------------------------------------------------------------- config files

@@ -96,13 +96,18 @@ SWEEPABLE = (
     "precondition_frequency",
     "tokens_per_rank",
     "workers",
+    "placement",
+    "device_budget",
+    "host_budget",
 )
+SIZES = ("device_budget", "host_budget")
 
 
 def expand_sweep(values: dict[str, str]) -> list[WhatIf]:
     """Comma-separated values of any option become a cartesian sweep."""
     import itertools
 
+    from asteria_bench.config import parse_bytes
     from simulator.whatif import WhatIf
 
     ints = {
@@ -126,6 +131,8 @@ def expand_sweep(values: dict[str, str]) -> list[WhatIf]:
                 if not item.isdigit() or int(item) < 1:
                     raise UserError(f"{option}: expected positive integers, got {item!r}")
                 options.append((name, int(item)))
+            elif name in SIZES:
+                options.append((name, parse_bytes(item, option)))
             else:
                 options.append((name, item))
         axes.append(options)
@@ -133,6 +140,7 @@ def expand_sweep(values: dict[str, str]) -> list[WhatIf]:
 
 
 def validate_whatif(w: WhatIf) -> None:
+    from runtime.policies.placement import parse_placement
     from runtime.policies.staleness import parse_staleness
     from simulator.profiles import ProfileError, load_profile
     from simulator.shapes import ShapeError, get_shape
@@ -157,6 +165,13 @@ def validate_whatif(w: WhatIf) -> None:
         ) from None
     if w.root_device not in ("host", "device"):
         raise UserError(f"--root-device: expected host or device, got {w.root_device!r}")
+    try:
+        parse_placement(w.placement)
+    except ValueError:
+        raise UserError(
+            "--placement: expected device, host, lifecycle, pressure or"
+            f" pressure:LOW_MiB:HIGH_MiB, got {w.placement!r}"
+        ) from None
 
 
 def results_table(
@@ -168,6 +183,7 @@ def results_table(
         "hardware",
         "model",
         "ranks",
+        "placement",
         "median ms",
         "mean ms",
         "p99/p50",
@@ -175,6 +191,9 @@ def results_table(
         "overhead vs fwd+bwd",
         "wait ms/step",
         "opt. state GiB/rank",
+        "on device GiB (peak)",
+        "link GB/step",
+        "copy wait ms/step",
         "vs AdamW (mean)",
         "time to AdamW's loss vs AdamW",
     ]
@@ -194,13 +213,17 @@ def results_table(
             w.hardware,
             w.model,
             f"{w.nodes}x{w.gpus_per_node}",
+            w.placement if w.optimizer != "adamw" else "-",
             f"{r.median_ms:.1f}",
             f"{r.mean_ms:.1f}",
             f"{r.spike:.2f}",
             f"{r.max_ms / r.median_ms:.2f}",
             f"{100 * r.overhead:.1f} %",
             f"{r.wait_ms_per_step:.2f}",
-            f"{r.state_gib_per_rank:.1f}{fits}",
+            f"{r.state_gib_per_rank:.1f}",
+            f"{r.peak_device_state_gib:.1f}{fits}",
+            f"{r.link_gb_per_step:.2f}",
+            f"{r.transfer_wait_ms_per_step:.2f}",
             f"{r.mean_ms / base:.3f}" if base else "-",
             _time_to_target(r, base, ratios or []),
         )
@@ -232,6 +255,11 @@ def results_frame(results: list[WhatIfResult]) -> pd.DataFrame:
             overhead=r.overhead,
             wait_ms_per_step=r.wait_ms_per_step,
             state_gib_per_rank=r.state_gib_per_rank,
+            peak_device_state_gib=r.peak_device_state_gib,
+            device_budget_gib=r.device_gib,
+            fits=r.fits,
+            link_gb_per_step=r.link_gb_per_step,
+            transfer_wait_ms_per_step=r.transfer_wait_ms_per_step,
             lower_bound_ms=r.lower_bound_ms,
         )
         rows.append(row)
@@ -249,7 +277,7 @@ def simulate_command(
 
     from rich.progress import Progress
 
-    from simulator.whatif import SCENARIOS, run_whatif
+    from simulator.whatif import SCENARIOS, BudgetError, run_whatif
 
     if scenario is not None:
         if scenario not in SCENARIOS:
@@ -280,7 +308,10 @@ def simulate_command(
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("simulating", total=len(whatifs))
         for w in whatifs:
-            results.append(run_whatif(w))
+            try:
+                results.append(run_whatif(w))
+            except BudgetError as exc:
+                raise UserError(f"--device-budget: {exc}") from None
             progress.advance(task)
     wall = time.perf_counter() - started
     _console().print(results_table(results, title, ratios))

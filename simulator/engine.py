@@ -12,10 +12,16 @@ Actors, each one generator that reads like what it models:
   in slices between them, so device-side refreshes cost training time only
   where they actually occupy the device.
 
-The staleness policy is the runtime's own object (``runtime.policies``): the
-same ``install_step`` decides here what it decides on real tensors. The
-simulated run is written with a ``traces.Recorder`` whose clock is SimPy's, so
-it is a trace in the same schema as a measured one.
+With ``tiering`` the optimizer state is placed by a runtime placement policy
+and moved over the links (``simulator.tiering``, ``simulator.links``); without
+it every slot rests on the device and nothing is copied. The gradient
+all-reduce holds the network links (``Links.allreduce``) after backward.
+
+The staleness and placement policies are the runtime's own objects
+(``runtime.policies``): the same ``install_step`` and ``place`` decide here what
+they decide on real tensors. The simulated run is written with a
+``traces.Recorder`` whose clock is SimPy's, so it is a trace in the same schema
+as a measured one.
 """
 
 from __future__ import annotations
@@ -27,11 +33,11 @@ import numpy as np
 import simpy
 
 from runtime.policies.staleness import StalenessPolicy, Sync
+from simulator.links import LinkBusy, Links
+from simulator.tiering import TRAINING_TRACK, StaticStaging, TieredState, Tiering
 from simulator.workload import BlockCost, WorkloadModel
 from traces.recorder import Recorder
 from traces.schema import Category
-
-TRAINING_TRACK = "MainThread"
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,8 @@ class SimConfig:
     jobs_on_device: bool = False  # refresh jobs share the training device (a low-priority stream)
     device_slice_ns: int = 2_000_000  # kernel granularity at which training preempts a job
     worker_interference: float = 0.0  # host jobs slow training ops by this fraction while they run
+    tiering: Tiering | None = None  # None: all optimizer state rests on the device
+    overlap: bool = True  # False: copies on the training thread where needed (no prefetch)
 
 
 @dataclass
@@ -51,8 +59,12 @@ class SimResult:
     step_ns: np.ndarray  # per step, simulated
     compute_ns: np.ndarray  # forward + backward
     optimizer_ns: np.ndarray
-    wait_ns: np.ndarray
+    wait_ns: np.ndarray  # waiting for refreshes
     recorder: Recorder
+    transfer_wait_ns: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    link_bytes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    peak_device_state_bytes: int = 0  # tiered slots only, resting plus staged (0: untiered)
+    link_busy: LinkBusy = field(default_factory=LinkBusy)
 
 
 @dataclass
@@ -94,6 +106,20 @@ def simulate(
     optimizer_ns = np.zeros(steps, dtype=np.int64)
     wait_ns = np.zeros(steps, dtype=np.int64)
     last_step_ns = [0.0]
+    links = Links(env, config.tiering.rates if config.tiering else None, rec)
+    tiered = (
+        TieredState(
+            env,
+            config.tiering,
+            [(b.id, b.slots) for b in model.blocks],
+            links,
+            rec,
+            overlap=config.overlap,
+            steps=steps,
+        )
+        if config.tiering is not None
+        else None
+    )
 
     def timed(
         name: str,
@@ -172,7 +198,9 @@ def simulate(
             pending[block.id].append(_Job(block, version, install, done, block.refresh_ns))
 
     def install_due(block: BlockCost, t: int, step: int, index: int) -> Any:
+        """Install the refreshes due at ``t`` (waiting for late ones); returns how many."""
         queue = pending[block.id]
+        installed = 0
         while queue and queue[0].install_step <= t:
             job = queue.pop(0)
             if not job.done.triggered:
@@ -192,6 +220,29 @@ def simulate(
                 "install", Category.REFRESH, block.install_ns, step, block.id, f"v{job.version}"
             )
             rec.counter("staleness", t - job.version, step=step, key=block.id)
+            installed += 1
+        return installed
+
+    def update(block: BlockCost, step: int, index: int, installed: int) -> Any:
+        """The block's hot path, with its slots staged, streamed or written back per placement."""
+        hot_ns = block.hot_ns
+        if tiered is not None:
+            yield from tiered.before_update(block.id, step, index)
+            hot_ns = tiered.update_ns(block.id, hot_ns, index)
+        yield from timed("precondition", Category.OPTIMIZER, hot_ns, step, block.id)
+        if tiered is not None:
+            yield from tiered.after_update(block.id, step, index, installed > 0)
+
+    def allreduce(step: int) -> Any:
+        if model.step.allreduce_ns <= 0:
+            return
+        start = int(env.now)
+        yield from links.allreduce(
+            model.step.allreduce_intra_node_ns, model.step.allreduce_inter_node_ns
+        )
+        rec.add_span(
+            "allreduce", Category.COLLECTIVE, start, int(env.now), step=step, track=TRAINING_TRACK
+        )
 
     def training() -> Any:
         updates = 0
@@ -200,11 +251,20 @@ def simulate(
             begin = int(env.now)
             if step == 1 and model.step.first_step_ns and model.skips_first_call:
                 yield from timed("step", Category.STEP, model.step.first_step_ns, step)
+                if tiered is not None:
+                    yield from tiered.boundary(step + 1, index)
                 step_ns[index] = int(env.now) - begin
                 continue
             yield from timed("forward", Category.COMPUTE, model.step.forward_ns, step)
+            if tiered is not None:
+                tiered.start_prefetch(step, index)
             yield from timed("backward", Category.COMPUTE, model.step.backward_ns, step)
             compute_ns[index] = model.step.forward_ns + model.step.backward_ns
+            if tiered is not None and not config.overlap:
+                staging = int(env.now)
+                yield from tiered.stage_all(step, index)
+                compute_ns[index] += int(env.now) - staging  # the hooks' copies, in backward
+            yield from allreduce(step)
             opt_begin = int(env.now)
             updates += 1
             t = updates
@@ -215,18 +275,16 @@ def simulate(
                 ):  # Shampoo: roots inside the step, before preconditioning
                     if due:
                         yield from submit(block, t, step)
-                    yield from install_due(block, t, step, index)
-                    yield from timed(
-                        "precondition", Category.OPTIMIZER, block.hot_ns, step, block.id
-                    )
+                    installed = yield from install_due(block, t, step, index)
+                    yield from update(block, step, index, installed)
                 else:
-                    yield from install_due(block, t, step, index)
-                    yield from timed(
-                        "precondition", Category.OPTIMIZER, block.hot_ns, step, block.id
-                    )
+                    installed = yield from install_due(block, t, step, index)
+                    yield from update(block, step, index, installed)
                     if due:
                         yield from submit(block, t, step)
             yield env.timeout(model.step.optimizer_other_ns)
+            if tiered is not None:  # the runtime's step boundary, inside optimizer.step()
+                yield from tiered.boundary(step + 1, index)
             rec.add_span(
                 "optimizer_step",
                 Category.OPTIMIZER,
@@ -242,20 +300,49 @@ def simulate(
             )
             step_ns[index] = int(env.now) - begin
             last_step_ns[0] = float(step_ns[index])
+            links.record_busy(step)
 
     if policy.asynchronous:
         for i in range(config.workers):
             env.process(worker(i))
     done = env.process(training())
     env.run(until=done)
-    return SimResult(step_ns, compute_ns, optimizer_ns, wait_ns, rec)
+    if tiered is None:
+        return SimResult(
+            step_ns,
+            compute_ns,
+            optimizer_ns,
+            wait_ns,
+            rec,
+            transfer_wait_ns=np.zeros(steps, dtype=np.int64),
+            link_bytes=np.zeros(steps, dtype=np.int64),
+            link_busy=links.busy,
+        )
+    return SimResult(
+        step_ns,
+        compute_ns,
+        optimizer_ns,
+        wait_ns,
+        rec,
+        transfer_wait_ns=tiered.transfer_wait_ns,
+        link_bytes=tiered.link_bytes,
+        peak_device_state_bytes=tiered.peak_device_bytes,
+        link_busy=links.busy,
+    )
 
 
-def fast_sync_step_ns(model: WorkloadModel, steps: int, stagger: bool = False) -> np.ndarray:
+def fast_sync_step_ns(
+    model: WorkloadModel,
+    steps: int,
+    stagger: bool = False,
+    staging: StaticStaging | None = None,
+) -> np.ndarray:
     """Vectorized step times of a synchronous run: the event model's cross-check.
 
     Under a synchronous policy nothing overlaps, so a step is the sum of its
     parts; refresh and install costs land on the steps the due rule picks.
+    ``staging`` (``tiering.static_staging``) adds a static placement's copies,
+    made on the training thread (``SimConfig.overlap=False``).
     """
     n_blocks = len(model.blocks)
     index = np.arange(steps)
@@ -267,7 +354,9 @@ def fast_sync_step_ns(model: WorkloadModel, steps: int, stagger: bool = False) -
         + model.step.backward_ns
         + model.step.optimizer_other_ns
         + model.step.loop_other_ns
+        + model.step.allreduce_ns
         + model.hot_ns
+        + (staging.per_step_ns if staging is not None else 0)
     )
     out = np.full(steps, base, dtype=np.int64)
     refresh = np.array([b.refresh_ns for b in model.blocks], dtype=np.int64)
@@ -288,6 +377,8 @@ def fast_sync_step_ns(model: WorkloadModel, steps: int, stagger: bool = False) -
         installed[tau:] = due[:-tau]
         installed &= t[:, None] >= 1
     out += installed.astype(np.int64) @ install
+    if staging is not None:
+        out += installed.astype(np.int64) @ staging.install_ns
     if offset:
         out[0] = model.step.first_step_ns
     return out

@@ -36,6 +36,7 @@ from simulator.costmodel import (
     fwd_bwd_flops,
     roofline_time_s,
 )
+from simulator.placement_model import block_slot_bytes
 from simulator.profiles import HardwareProfile, LinkKind
 from simulator.shapes import ModelShape
 from simulator.workload import REFERENCE_TAU, SKIPS_FIRST_CALL, BlockCost, StepCost, WorkloadModel
@@ -92,18 +93,18 @@ def _ns(seconds: float) -> int:
     return max(0, round(seconds * NS))
 
 
-def allreduce_seconds(
+def allreduce_parts(
     nbytes: float, profile: HardwareProfile, deploy: Deployment, eff: float
-) -> float:
-    """Hierarchical ring: intra-node over NVLink / PCIe, then inter-node per GPU."""
+) -> tuple[float, float]:
+    """Hierarchical ring, in seconds: (intra-node over NVLink / PCIe, inter-node per GPU)."""
     if deploy.ranks <= 1:
-        return 0.0
-    seconds = 0.0
+        return 0.0, 0.0
+    intra = inter = 0.0
     net = profile.network
     if deploy.gpus_per_node > 1 and net.intra_node is not None:
         g = deploy.gpus_per_node
-        seconds += 2 * (g - 1) / g * nbytes / (net.intra_node.bandwidth.value * eff)
-        seconds += 2 * (g - 1) * net.intra_node.latency.value
+        intra += 2 * (g - 1) / g * nbytes / (net.intra_node.bandwidth.value * eff)
+        intra += 2 * (g - 1) * net.intra_node.latency.value
     if deploy.nodes > 1:
         if net.inter_node is None:
             raise ValueError(
@@ -111,9 +112,17 @@ def allreduce_seconds(
             )
         n = deploy.nodes
         shard = nbytes / max(1, deploy.gpus_per_node)
-        seconds += 2 * (n - 1) / n * shard / (net.inter_node.bandwidth.value * eff)
-        seconds += 2 * (n - 1) * net.inter_node.latency.value
-    return seconds
+        inter += 2 * (n - 1) / n * shard / (net.inter_node.bandwidth.value * eff)
+        inter += 2 * (n - 1) * net.inter_node.latency.value
+    return intra, inter
+
+
+def allreduce_seconds(
+    nbytes: float, profile: HardwareProfile, deploy: Deployment, eff: float
+) -> float:
+    """Hierarchical ring: intra-node over NVLink / PCIe, then inter-node per GPU."""
+    intra, inter = allreduce_parts(nbytes, profile, deploy, eff)
+    return intra + inter
 
 
 def project(
@@ -128,10 +137,12 @@ def project(
     compute_s = fwd_bwd_flops(params, deploy.tokens_per_rank) / (
         gpu.bf16_dense_flops.value * eff.gemm
     )
-    allreduce_s = allreduce_seconds(2.0 * params, profile, deploy, eff.collective)
+    intra_s, inter_s = allreduce_parts(2.0 * params, profile, deploy, eff.collective)
+    allreduce_s = intra_s + inter_s
     sharded = deploy.shard_optimizer and deploy.ranks > 1 and deploy.optimizer != "adamw"
     if sharded:  # all-gather of the updated bf16 parameters: half a ring all-reduce
-        allreduce_s += allreduce_seconds(2.0 * params, profile, deploy, eff.collective) / 2
+        allreduce_s += allreduce_s / 2
+        intra_s *= 1.5
     bound_s = fwd_bwd_flops(params, deploy.tokens_per_rank) / gpu.bf16_dense_flops.value
 
     name = deploy.optimizer
@@ -186,6 +197,9 @@ def project(
                     refresh_ns=_ns(refresh_flops / rate) if owned else 0,
                     snapshot_ns=_ns(snapshot_s) if owned else 0,
                     install_ns=_ns(install_s) if runs_hot_path else 0,
+                    slots=block_slot_bytes(a, b, config.optimizer, count=count)
+                    if runs_hot_path
+                    else (),
                 )
             )
             publish_bytes += basis_bytes / deploy.precondition_frequency
@@ -207,8 +221,10 @@ def project(
             forward_ns=_ns(compute_s / 3),
             backward_ns=_ns(2 * compute_s / 3),
             optimizer_other_ns=_ns(optimizer_other_s),
-            loop_other_ns=_ns(allreduce_s),
+            loop_other_ns=0,
             first_step_ns=0,
+            allreduce_intra_node_ns=_ns(intra_s),
+            allreduce_inter_node_ns=_ns(allreduce_s) - _ns(intra_s),
         ),
         blocks=tuple(blocks),
     )

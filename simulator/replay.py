@@ -4,6 +4,14 @@
 the same steps under the same policies; ``predict_run`` calibrates on one run
 (say a synchronous one) and predicts another that it never looked at (say a
 bounded-staleness one), which is the honest test of the model.
+
+A run under a tiered placement is replayed with its placement policy, budgets
+and NVMe tier, on the link the runtime saw (``runtime.tiers.link_of``: a CPU
+is a PCIe-like device). Link bandwidths come from the run's own transfer
+spans (per direction, the median over steps of bytes per ns), else from the ``local`` hardware
+profile (``asteria-bench profile --out simulator/profiles/local.toml``), else
+from ``ASSUMED_RATES``. On a CPU the runtime copies on the training thread,
+so the replay does not overlap copies with compute; on a GPU it does.
 """
 
 from __future__ import annotations
@@ -14,10 +22,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from runtime.policies.placement import LinkKind, parse_placement
 from runtime.policies.staleness import StalenessPolicy, parse_staleness
 from simulator.engine import SimConfig, SimResult, simulate
+from simulator.links import LinkRates
+from simulator.placement_model import UNLIMITED_BYTES, MemoryBudget
+from simulator.profiles import ProfileError, load_profile
+from simulator.tiering import Tiering
 from simulator.workload import workload_from_trace
 from traces.io import Trace, read_trace
+from traces.schema import Category, RunMetadata, Tier
+from traces.units import parse_size
+
+ASSUMED_RATES = LinkRates(
+    kind=LinkKind.PCIE,
+    h2d_bytes_per_ns=10.0,
+    d2h_bytes_per_ns=10.0,
+    nvme_read_bytes_per_ns=2.0,
+    nvme_write_bytes_per_ns=1.0,
+    nvme_latency_ns=100_000,
+)
+"""Assumed when a run measured no copy and no ``local`` profile exists: a host
+memcpy of about 10 GB/s, a consumer NVMe of about 2 GB/s read, 1 GB/s write."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +96,86 @@ def sim_config_of(trace: Trace, steps: int, worker_interference: float = 0.0) ->
         workers=int(policies.get("workers", 1)),
         stagger=policies.get("stagger") == "on",
         worker_interference=worker_interference,
+        tiering=tiering_of_run(trace),
+        overlap=trace.metadata.device.startswith("cuda"),
+    )
+
+
+def link_of_run(meta: RunMetadata) -> LinkKind:
+    """The CPU-GPU link the runtime chose for the run (``runtime.tiers.link_of``)."""
+    if not meta.device.startswith("cuda") or not meta.hardware.gpus:
+        return LinkKind.PCIE
+    name = meta.hardware.gpus[0].name.lower()
+    if "gh200" in name:
+        return LinkKind.NVLINK_C2C
+    if "gb10" in name:
+        return LinkKind.UNIFIED
+    return LinkKind.PCIE
+
+
+def tiering_of_run(trace: Trace) -> Tiering | None:
+    """The run's placement, budgets and NVMe tier; None when all its state rested on the device."""
+    meta = trace.metadata
+    placement = meta.policies.get("placement", "device")
+    if placement == "device":
+        return None
+    link = link_of_run(meta)
+    runtime = meta.config.get("runtime", {}) if isinstance(meta.config, dict) else {}
+
+    def budget(key: str) -> int:
+        text = runtime.get(key)
+        return UNLIMITED_BYTES if text is None else parse_size(str(text))
+
+    return Tiering(
+        parse_placement(placement, link=link),
+        link_rates_of(trace, link),
+        MemoryBudget(
+            device_budget_bytes=budget("device_budget"),
+            host_budget_bytes=budget("host_budget"),
+            nvme_available=runtime.get("spill_dir") is not None,
+        ),
+    )
+
+
+def link_rates_of(trace: Trace, link: LinkKind, fallback: str = "local") -> LinkRates:
+    """Bandwidths per direction measured by the run's copies (see the module docstring)."""
+    spans = trace.spans
+    spans = spans[(spans["end_ns"] > spans["start_ns"]) & (spans["bytes"] > 0)]
+    moved = spans[spans["category"] == Category.TRANSFER.value]
+
+    def median_rate(sel: pd.DataFrame) -> float | None:
+        """Median over steps of the step's bytes / the step's copy time.
+
+        Per step, not per copy: a median of per-copy rates would weigh a
+        tensor of a few bytes (all fixed cost) like one of megabytes, and the
+        replay would get the step's copy time wrong.
+        """
+        if sel.empty:
+            return None
+        per_step = sel.assign(ns=sel["end_ns"] - sel["start_ns"]).groupby("step")[["bytes", "ns"]]
+        sums = per_step.sum()
+        return float(np.median(sums["bytes"] / sums["ns"]))
+
+    def between(frame: pd.DataFrame, src: Tier, dst: Tier) -> pd.DataFrame:
+        return frame[(frame["tier_from"] == src.value) & (frame["tier_to"] == dst.value)]
+
+    try:
+        default = LinkRates.from_profile(load_profile(fallback))
+    except ProfileError:
+        default = ASSUMED_RATES
+    h2d = median_rate(between(moved, Tier.HOST, Tier.DEVICE))
+    d2h = median_rate(between(moved, Tier.DEVICE, Tier.HOST))
+    read = median_rate(spans[spans["name"] == "spill_read"])
+    write = median_rate(spans[spans["name"] == "spill_write"])
+    measured = h2d is not None or d2h is not None
+    return LinkRates(
+        kind=link,
+        h2d_bytes_per_ns=h2d or d2h or default.h2d_bytes_per_ns,
+        d2h_bytes_per_ns=d2h or h2d or default.d2h_bytes_per_ns,
+        nvme_read_bytes_per_ns=read or default.nvme_read_bytes_per_ns,
+        nvme_write_bytes_per_ns=write or default.nvme_write_bytes_per_ns,
+        copy_latency_ns=0 if measured else default.copy_latency_ns,
+        nvme_latency_ns=0 if read or write else default.nvme_latency_ns,
     )
 
 

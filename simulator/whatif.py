@@ -2,8 +2,13 @@
 
 ``run_whatif`` turns a ``WhatIf`` (plain data: names and numbers, as typed on
 the command line) into a roofline-projected workload, simulates it with the
-runtime's staleness policy objects, and reduces the result to ``WhatIfResult``
-figures. Sweeps and scenario presets are lists of ``WhatIf``.
+runtime's staleness and placement policy objects, and reduces the result to
+``WhatIfResult`` figures. Sweeps and scenario presets are lists of ``WhatIf``.
+
+Placement: the policy decides for the profile's CPU-GPU link; budgets default
+to the profile's device and host memory (on unified memory both are the one
+pool); the NVMe tier is the profile's. Copies run at ``Efficiency.copy`` of the
+link's bandwidth. AdamW's state is not tiered (as in the runtime).
 """
 
 from __future__ import annotations
@@ -12,11 +17,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from runtime.policies.placement import LinkKind, check_budget, parse_placement
 from runtime.policies.staleness import parse_staleness
 from simulator.engine import SimConfig, SimResult, simulate
-from simulator.profiles import load_profile
+from simulator.links import LinkRates
+from simulator.placement_model import MemoryBudget, SlotTable
+from simulator.profiles import HardwareProfile, load_profile
 from simulator.projection import Deployment, Efficiency, Projection, project
 from simulator.shapes import get_shape
+from simulator.tiering import Tiering
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,9 @@ class WhatIf:
     precondition_frequency: int = 10
     tokens_per_rank: int = 8 * 2048
     workers: int = 4
+    placement: str = "device"  # device | host | lifecycle | pressure[:LOW_MiB:HIGH_MiB]
+    device_budget: int | None = None  # bytes; None: the profile's device memory
+    host_budget: int | None = None  # bytes; None: the profile's host memory
     label: str = ""
 
     def describe(self) -> str:
@@ -59,11 +71,15 @@ class WhatIfResult:
     min_step_ms: float
     simulated: SimResult
     projection: Projection
+    peak_device_state_gib: float = 0.0  # resting on the device plus the largest staged block
+    link_gb_per_step: float = 0.0  # CPU-GPU link: fetches, write-backs, moves, in-place streams
+    transfer_wait_ms_per_step: float = 0.0  # training waiting on copies
 
     @property
     def fits(self) -> bool:
-        """Optimizer state alone within the device memory (parameters and activations not counted)."""
-        return self.state_gib_per_rank <= self.device_gib
+        """Optimizer state on the device at its peak within the device budget
+        (parameters and activations not counted)."""
+        return self.peak_device_state_gib <= self.device_gib
 
     @property
     def spike(self) -> float:
@@ -85,17 +101,22 @@ def run_whatif(w: WhatIf, efficiency: Efficiency | None = None) -> WhatIfResult:
         workers=w.workers,
     )
     proj = project(shape, profile, deploy, efficiency)
+    tiering = tiering_of(w, profile, proj, (efficiency or Efficiency()).copy)
     config = SimConfig(
         steps=w.steps,
         staleness=staleness,
         workers=w.workers,
         stagger=staleness.asynchronous,
         jobs_on_device=w.root_device == "device",
+        tiering=tiering,
     )
     result = simulate(proj.model, config)
     steps = result.step_ns.astype(np.float64) / 1e6
     compute = (proj.model.step.forward_ns + proj.model.step.backward_ns) / 1e6
     median = float(np.median(steps))
+    peak = proj.state_bytes_per_rank
+    if tiering is not None:
+        peak = result.peak_device_state_bytes + tiering.memory.untiered_device_bytes
     return WhatIfResult(
         whatif=w,
         median_ms=median,
@@ -106,11 +127,52 @@ def run_whatif(w: WhatIf, efficiency: Efficiency | None = None) -> WhatIfResult:
         overhead=(median - compute) / compute if compute else float("nan"),
         wait_ms_per_step=float(result.wait_ns.sum()) / 1e6 / w.steps,
         state_gib_per_rank=proj.state_bytes_per_rank / 2**30,
-        device_gib=profile.gpu.memory_bytes.value / 2**30,
+        device_gib=device_budget_of(w, profile) / 2**30,
         lower_bound_ms=proj.lower_bound_step_ns / 1e6,
         min_step_ms=float(steps.min()),
         simulated=result,
         projection=proj,
+        peak_device_state_gib=peak / 2**30,
+        link_gb_per_step=float(result.link_bytes.sum()) / 1e9 / w.steps,
+        transfer_wait_ms_per_step=float(result.transfer_wait_ns.sum()) / 1e6 / w.steps,
+    )
+
+
+class BudgetError(ValueError):
+    """A device budget below one block's hot working set (the runtime refuses it too)."""
+
+
+def device_budget_of(w: WhatIf, profile: HardwareProfile) -> int:
+    return w.device_budget or int(profile.gpu.memory_bytes.value)
+
+
+def tiering_of(
+    w: WhatIf, profile: HardwareProfile, proj: Projection, copy_efficiency: float
+) -> Tiering | None:
+    """The what-if's placement on the profile's links (None for AdamW: untiered).
+
+    Raises ``ValueError`` for an unknown placement, ``BudgetError`` for a device
+    budget below one block's hot working set (``runtime.policies.check_budget``).
+    """
+    policy = parse_placement(w.placement, link=LinkKind(profile.link.kind.value))
+    if w.optimizer == "adamw":
+        return None
+    blocks = [(b.id, b.slots) for b in proj.model.blocks]
+    device_budget = device_budget_of(w, profile)
+    try:
+        check_budget(SlotTable(blocks, policy).infos(1), device_budget)
+    except ValueError as exc:
+        raise BudgetError(str(exc)) from None
+    tiered_bytes = sum(s.nbytes for _, slots in blocks for s in slots)
+    return Tiering(
+        policy,
+        LinkRates.from_profile(profile, copy_efficiency),
+        MemoryBudget(
+            device_budget_bytes=device_budget,
+            host_budget_bytes=w.host_budget or int(profile.host.memory_bytes.value),
+            nvme_available=True,
+            untiered_device_bytes=proj.state_bytes_per_rank - tiered_bytes,
+        ),
     )
 
 
@@ -118,6 +180,8 @@ SCENARIOS: dict[str, tuple[str, list[WhatIf]]] = {}
 
 
 def _scenario(name: str, summary: str, base: dict[str, object]) -> None:
+    """AdamW, the synchronous references (all state on the device) and asteria:
+    bounded staleness, roots on host workers, lifecycle placement."""
     variants = [
         dict(optimizer="adamw", label="AdamW"),
         dict(optimizer="soap", staleness="sync", root_device="device", label="SOAP, synchronous"),
@@ -131,12 +195,14 @@ def _scenario(name: str, summary: str, base: dict[str, object]) -> None:
             optimizer="soap",
             staleness="bounded:4",
             root_device="host",
+            placement="lifecycle",
             label="SOAP, asteria (bounded:4, host roots)",
         ),
         dict(
             optimizer="kl-shampoo",
             staleness="bounded:4",
             root_device="host",
+            placement="lifecycle",
             label="KL-Shampoo, asteria (bounded:4, host roots)",
         ),
     ]
@@ -155,5 +221,19 @@ _scenario(
     "a 7B LLaMA-like model on 8 nodes x 4 GH200 (data parallel, sharded optimizer)",
     dict(
         hardware="gh200", model="7b", nodes=8, gpus_per_node=4, tokens_per_rank=4 * 4096, steps=300
+    ),
+)
+_scenario(
+    "gh200-7b-1gpu",
+    "a 7B LLaMA-like model on one GH200: the synchronous optimizers' state does not fit"
+    " its HBM; lifecycle placement keeps the moments there and streams the rest over NVLink-C2C",
+    dict(
+        hardware="gh200",
+        model="7b",
+        nodes=1,
+        gpus_per_node=1,
+        tokens_per_rank=4 * 4096,
+        precondition_frequency=20,
+        steps=60,
     ),
 )

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from simulator.placement_model import SlotBytes, block_slot_bytes
 from traces.io import Trace
+from traces.schema import Category
 
 REFERENCE_TAU = {"shampoo": 0, "soap": 1, "kl-shampoo": 1}
 SKIPS_FIRST_CALL = {"shampoo": False, "soap": True, "kl-shampoo": True, "adamw": False}
@@ -28,21 +30,32 @@ class WorkloadError(ValueError):
 
 @dataclass(frozen=True)
 class BlockCost:
+    """One block's costs; ``slots`` are its state tensors, for placement (empty: untiered)."""
+
     id: str
     shape: tuple[int, int]
     hot_ns: int
     refresh_ns: int
     snapshot_ns: int
     install_ns: int
+    slots: tuple[SlotBytes, ...] = ()
 
 
 @dataclass(frozen=True)
 class StepCost:
+    """Per-step costs; the gradient all-reduce runs on the network links after backward."""
+
     forward_ns: int
     backward_ns: int
     optimizer_other_ns: int
     loop_other_ns: int
     first_step_ns: int
+    allreduce_intra_node_ns: int = 0
+    allreduce_inter_node_ns: int = 0
+
+    @property
+    def allreduce_ns(self) -> int:
+        return self.allreduce_intra_node_ns + self.allreduce_inter_node_ns
 
 
 @dataclass(frozen=True)
@@ -88,8 +101,14 @@ def workload_from_trace(trace: Trace) -> WorkloadModel:
     forward, backward = per_step("forward"), per_step("backward")
     optimizer = per_step("optimizer_step")
     inner = sum(per_step(name) for name in _TRAINING_ONLY)
-    optimizer_other = (optimizer - inner).clip(lower=0)
-    loop_other = (steps.reindex(steady) - forward - backward - optimizer).clip(lower=0)
+    # The tiered store's copies are simulated on the links: take them out of the
+    # phases they were measured in (prefetches in backward, the rest in the step).
+    in_backward, in_optimizer = _transfers(main[main["track"] == main_track], steady)
+    backward = (backward - in_backward).clip(lower=0)
+    optimizer_other = (optimizer - inner - in_optimizer).clip(lower=0)
+    loop_other = (steps.reindex(steady) - forward - backward - in_backward - optimizer).clip(
+        lower=0
+    )
 
     hp = meta.hyperparameters
     frequency = int(hp.get("precondition_frequency") or 1)
@@ -109,6 +128,7 @@ def workload_from_trace(trace: Trace) -> WorkloadModel:
                 refresh_ns=_median(mine.loc[mine["name"] == "refresh", "duration"]),
                 snapshot_ns=_median(mine.loc[mine["name"] == "snapshot", "duration"]),
                 install_ns=_median(mine.loc[mine["name"] == "install", "duration"]),
+                slots=_slots_of(meta.optimizer, int(shape[0]), int(shape[1]), hp),
             )
         )
     return WorkloadModel(
@@ -126,6 +146,36 @@ def workload_from_trace(trace: Trace) -> WorkloadModel:
         ),
         blocks=tuple(blocks),
     )
+
+
+def _transfers(spans: pd.DataFrame, steady: pd.Index) -> tuple[pd.Series, pd.Series]:
+    """Per step, the training thread's transfer time inside backward, and outside it."""
+    moved = spans[spans["category"] == Category.TRANSFER.value]
+    zero = pd.Series(0, index=steady, dtype=np.int64)
+    if moved.empty:
+        return zero, zero
+    windows = spans[spans["name"] == "backward"].set_index("step")[["start_ns", "end_ns"]]
+    window = windows.reindex(moved["step"]).to_numpy()
+    inside = (moved["start_ns"].to_numpy() >= window[:, 0]) & (
+        moved["end_ns"].to_numpy() <= window[:, 1]
+    )
+    in_backward = moved[inside].groupby("step")["duration"].sum()
+    elsewhere = moved[~inside].groupby("step")["duration"].sum()
+    return (
+        in_backward.reindex(steady, fill_value=0),
+        elsewhere.reindex(steady, fill_value=0),
+    )
+
+
+def _slots_of(optimizer: str, rows: int, cols: int, hp: dict) -> tuple[SlotBytes, ...]:
+    """A measured block's state tensors, from its shape and the run's hyperparameters."""
+    if optimizer not in ("shampoo", "soap", "kl-shampoo"):
+        return ()
+    limit = hp.get("max_precond_dim", "reference") if optimizer != "shampoo" else "reference"
+    if isinstance(limit, (int, float)) and not isinstance(limit, bool):
+        limit = max(1, int(limit))
+    grafting = optimizer != "shampoo" or hp.get("grafting", "none") == "adam"
+    return block_slot_bytes(rows, cols, optimizer, max_precond_dim=limit, grafting=grafting)
 
 
 def _block_key(block_id: str) -> tuple[int, ...]:

@@ -1,0 +1,182 @@
+"""Optimizer state as a placement policy sees it: slots with bytes, tiers and next use.
+
+The runtime's tiered store (``runtime.tiers``) describes every tensor of every
+block's state to its placement policy as a ``SlotInfo``; this module builds
+the same description for a simulated workload, so that the runtime's policy
+objects (``runtime.policies``) decide here what they decide on real tensors.
+
+Slot names and kinds are those of the runtime's state classes (SOAP: ``L``,
+``R``, ``QL``, ``QR``, ``M``, ``V``; Shampoo: ``L_root`` and ``R_root`` for the
+roots; KL-Shampoo: ``dL``, ``dR`` and ``M`` for its moments). Sizes follow
+ALGORITHMS.md §8 (``costmodel.block_state``): fp32 words of 4 bytes, a side
+longer than the rotation limit carries no factor and no basis. A workload
+block that stands for ``count`` identical blocks (one per layer) has slots
+``count`` times as large; its copies are staged together. Shampoo's
+``root_failures`` counter (8 bytes) is left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+
+from runtime.policies.placement import (
+    Move,
+    PlacementPolicy,
+    SlotInfo,
+    SlotKind,
+    apply_moves,
+    tier_bytes,
+)
+from simulator.costmodel import WORD_BYTES, CostConfig, Optimizer
+from traces.schema import Tier
+
+UNLIMITED_BYTES = 1 << 62
+"""The runtime's budget when none is given (``BlockedOptimizer._make_tiered_store``)."""
+
+
+@dataclass(frozen=True)
+class SlotBytes:
+    """One tensor of a block's state: its field name in the runtime's state class, kind, size."""
+
+    slot: str
+    kind: SlotKind
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class Occupancy:
+    """Device memory held by something other than optimizer state during some steps.
+
+    Activations of a longer sequence, a co-located job, a fragmentation spike:
+    whatever the runtime's measured free memory (``torch.cuda.mem_get_info``)
+    would see. Steps are inclusive, 1-based.
+    """
+
+    first_step: int
+    last_step: int
+    nbytes: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.first_step <= self.last_step or self.nbytes < 0:
+            raise ValueError(f"occupancy needs 1 <= first <= last step and bytes >= 0: {self}")
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """What the policy may use: budgets per memory, whether NVMe is there, what else is held.
+
+    ``untiered_device_bytes`` is optimizer state that is not in the tiered
+    store (the AdamW fallback of 1-D parameters in a projection) and always
+    rests on the device; it counts against the device budget.
+    """
+
+    device_budget_bytes: int = UNLIMITED_BYTES
+    host_budget_bytes: int = UNLIMITED_BYTES
+    nvme_available: bool = False
+    untiered_device_bytes: int = 0
+    device_occupancy: tuple[Occupancy, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.device_budget_bytes <= 0 or self.host_budget_bytes <= 0:
+            raise ValueError("memory budgets must be positive byte counts")
+
+    def occupied_bytes(self, step: int) -> int:
+        """Device bytes held by others while ``step`` runs."""
+        return sum(o.nbytes for o in self.device_occupancy if o.first_step <= step <= o.last_step)
+
+
+_BASES = {Optimizer.SHAMPOO: ("L_root", "R_root"), Optimizer.SOAP: ("QL", "QR")}
+
+
+def block_slot_bytes(
+    rows: int,
+    cols: int,
+    optimizer: Optimizer | str,
+    *,
+    count: int = 1,
+    max_precond_dim: int | str | None = "reference",
+    grafting: bool = True,
+) -> tuple[SlotBytes, ...]:
+    """The slots of one rows × cols block (times ``count``), in the runtime's field order.
+
+    Their bytes add up to ``costmodel.block_state(rows, cols, ...)`` times ``count``.
+    """
+    config = CostConfig(Optimizer(optimizer), max_precond_dim=max_precond_dim, grafting=grafting)  # type: ignore[arg-type]
+    opt = config.optimizer
+    if opt is Optimizer.ADAMW:
+        return (
+            SlotBytes("M", SlotKind.MOMENT, WORD_BYTES * rows * cols * count),
+            SlotBytes("V", SlotKind.MOMENT, WORD_BYTES * rows * cols * count),
+        )
+    limit = config.rotation_limit
+    sides = [(name, d) for name, d in (("L", rows), ("R", cols)) if limit is None or d <= limit]
+    bases = _BASES.get(opt, ("QL", "QR"))
+    out = [SlotBytes(name, SlotKind.FACTOR, WORD_BYTES * d * d * count) for name, d in sides]
+    out += [
+        SlotBytes(bases[0] if name == "L" else bases[1], SlotKind.BASIS, WORD_BYTES * d * d * count)
+        for name, d in sides
+    ]
+    if opt is Optimizer.SHAMPOO:
+        out = [replace(s, kind=SlotKind.ROOT) if s.kind is SlotKind.BASIS else s for s in out]
+    ab = WORD_BYTES * rows * cols * count
+    if opt is Optimizer.KL_SHAMPOO:
+        out += [
+            SlotBytes("dL", SlotKind.MOMENT, WORD_BYTES * rows * count),
+            SlotBytes("dR", SlotKind.MOMENT, WORD_BYTES * cols * count),
+            SlotBytes("M", SlotKind.MOMENT, ab),
+        ]
+    else:
+        out.append(SlotBytes("M", SlotKind.MOMENT, ab))
+        if opt is Optimizer.SOAP or grafting:
+            out.append(SlotBytes("V", SlotKind.MOMENT, ab))
+    return tuple(out)
+
+
+class SlotTable:
+    """Where every slot rests, kept as the runtime's store keeps it.
+
+    Slots start on their policy's ``home`` (``TieredStateStore.put``) and change
+    tier only by the moves a ``place`` call returns. Every slot of a block is
+    used in every step, so at the boundary before step t each slot's
+    ``next_use_step`` is t, as in ``TieredStateStore.slot_infos``;
+    ``last_use_step`` is the step before it (None before the first step).
+    """
+
+    def __init__(
+        self, blocks: Iterable[tuple[str, Sequence[SlotBytes]]], policy: PlacementPolicy
+    ) -> None:
+        self._slots: list[SlotInfo] = []
+        for block, slots in blocks:
+            for s in slots:
+                info = SlotInfo(block, s.slot, s.kind, s.nbytes, Tier.DEVICE)
+                self._slots.append(replace(info, tier=policy.home(info)))
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def infos(self, step: int) -> list[SlotInfo]:
+        """Every slot as the policy sees it at the boundary before ``step``."""
+        last = step - 1 if step > 1 else None
+        return [_with_use(s, step, last) for s in self._slots]
+
+    def apply(self, moves: Iterable[Move]) -> None:
+        self._slots = apply_moves(self._slots, moves)
+
+    def tier_bytes(self) -> dict[Tier, int]:
+        return tier_bytes(self._slots)
+
+    def total_bytes(self) -> int:
+        return sum(s.nbytes for s in self._slots)
+
+
+def _with_use(slot: SlotInfo, next_use: int, last_use: int | None) -> SlotInfo:
+    """``slot`` with new use steps, without validating it again.
+
+    Every field but the two steps comes from a ``SlotInfo`` that was validated
+    when it was built; ``dataclasses.replace`` would check them again for every
+    slot at every step, which was most of a large simulation's time.
+    """
+    out = object.__new__(SlotInfo)
+    out.__dict__.update(slot.__dict__, next_use_step=next_use, last_use_step=last_use)
+    return out
