@@ -240,3 +240,21 @@ def test_bench_pressure_quick_shows_oom_under_device_and_training_under_pressure
     assert {"evict", "move"} <= set(spans["name"])
     assert "nvme" in set(spans["tier_to"].dropna().astype(str))  # past the host budget: spilled
     assert "device_out_of_memory" in set(read_trace(tmp_path / "soap-device").spans["name"])
+
+
+def test_bench_projection_quick_prints_calibrated_efficiencies_and_errors() -> None:
+    out = run_quick("bench_projection.py")
+    fits = {row["op"]: row for row in table(out, "op", "calibrated efficiency")}
+    assert {"gemm", "optimizer", "refresh_device"} <= set(fits)
+    for row in fits.values():
+        assert 0 < float(row["calibrated efficiency"]) <= 1
+    figures = {row["target figure"]: row for row in table(out, "target figure")}
+    assert set(figures) == {
+        "forward+backward",
+        "optimizer hot path",
+        "refreshes (one round)",
+        "median step",
+    }
+    for row in figures.values():
+        assert float(row["measured ms"]) > 0 and float(row["projected ms"]) > 0
+        assert row["error"].endswith("%")
