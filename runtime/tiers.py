@@ -83,6 +83,8 @@ class TieredStateStore(StateStore):
         self._spill_failed = False
         self._ready: dict[str, Any] = {}
         self._stream: Any = None
+        self._floor = 0  # peak_device_bytes of the placement at ``_floor_step``
+        self._floor_step = -1
         self.bytes_moved: dict[tuple[Tier, Tier], int] = {}
 
     # ------------------------------------------------------------ bookkeeping
@@ -230,6 +232,8 @@ class TieredStateStore(StateStore):
         """
         if block_id not in self._states or block_id in self._staged:
             return 0
+        if not self._prefetch_fits(block_id):
+            return 0  # ``get`` stages it when its update comes, within the reserve
         stream = self._copy_stream()
         if stream is None:
             staged = self._stage(block_id)
@@ -242,6 +246,38 @@ class TieredStateStore(StateStore):
             self._ready[block_id] = event
         self._staged[block_id] = staged
         return sum(t.numel() * t.element_size() for t in staged.values())
+
+    def _prefetch_fits(self, block_id: str) -> bool:
+        """Whether staging the block now keeps the device within its budget.
+
+        The policy's placement needs ``peak_device_bytes``: what rests on the
+        device plus the largest block's staged copies, which ``get`` may add
+        for a block that was not prefetched. Prefetches may only use what is
+        left over, so that no order of hooks and updates goes past the budget.
+        """
+        if self._floor_step != self._step:
+            self._floor = peak_device_bytes(self.slot_infos(), self.policy, self._step)
+            self._floor_step = self._step
+        prefetched = sum(
+            t.numel() * t.element_size()
+            for staged in self._staged.values()
+            for t in staged.values()
+        )
+        return self._floor + prefetched + self._staging_bytes(block_id) <= self.device_budget_bytes
+
+    def _staging_bytes(self, block_id: str) -> int:
+        """Bytes ``_stage`` would copy to the device for the block now."""
+        state = self._states[block_id]
+        total = 0
+        for name, kind in slot_kinds(type(state)).items():
+            if (block_id, name) in self._tier and self._stages(block_id, name, kind):
+                total += self._nbytes[(block_id, name)]
+        return total
+
+    def _stages(self, block_id: str, name: str, kind: Any) -> bool:
+        access = self.policy.access(self._slot_info(block_id, name, kind), self._step)
+        resident = access in (Access.RESIDENT, Access.NONE)
+        return not (resident and self._tier[(block_id, name)] is Tier.DEVICE)
 
     def _copy_stream(self) -> Any:
         if self.device.type != "cuda":
@@ -269,10 +305,7 @@ class TieredStateStore(StateStore):
         staged: dict[str, torch.Tensor] = {}
         for name, kind in kinds.items():
             key = (block_id, name)
-            if key not in self._tier:
-                continue
-            access = self.policy.access(self._slot_info(block_id, name, kind), self._step)
-            if access in (Access.RESIDENT, Access.NONE) and self._tier[key] is Tier.DEVICE:
+            if key not in self._tier or not self._stages(block_id, name, kind):
                 continue
             start = self._recorder.clock()
             src = self._tier[key]
@@ -334,6 +367,7 @@ class TieredStateStore(StateStore):
         limit the user asked for (the allocator is a second, real one).
         """
         needed = peak_device_bytes(self.slot_infos(), self.policy, step)
+        self._floor, self._floor_step = needed, step
         if needed <= self.device_budget_bytes:
             return
         now = self._recorder.clock()

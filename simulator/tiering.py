@@ -154,6 +154,7 @@ class TieredState:
         self.transfer_wait_ns = np.zeros(steps, dtype=np.int64)
         self.peak_device_bytes = 0
         self._plans: dict[str, _BlockPlan] = {}
+        self._floor = 0  # peak_device_bytes of the current plan
         self._fetched: dict[str, simpy.Event] = {}
         self._written: dict[tuple[str, str], simpy.Event] = {}
         self._write_queue: simpy.Store = simpy.Store(env)
@@ -164,9 +165,8 @@ class TieredState:
     # ------------------------------------------------------------ bookkeeping
     def _plan(self, step: int, infos: list[SlotInfo] | None = None) -> None:
         infos = self.table.infos(step) if infos is None else infos
-        self.peak_device_bytes = max(
-            self.peak_device_bytes, peak_device_bytes(infos, self.policy, step)
-        )
+        self._floor = peak_device_bytes(infos, self.policy, step)
+        self.peak_device_bytes = max(self.peak_device_bytes, self._floor)
         by_block: dict[str, list[SlotInfo]] = {}
         for s in infos:
             by_block.setdefault(s.block, []).append(s)
@@ -241,10 +241,29 @@ class TieredState:
 
     # ------------------------------------------------------------ the steps
     def start_prefetch(self, step: int, index: int) -> None:
-        """From the start of backward: stage every block's slots, in block order."""
+        """From the start of backward: stage blocks' slots as the hooks do, last layer first.
+
+        As in the runtime (``TieredStateStore.prefetch``), a block is prefetched
+        only into the device memory the placement leaves over: its budget less
+        ``peak_device_bytes`` (what rests there plus one block's staging, kept
+        for an update whose block was not prefetched) and what others hold.
+        The blocks left out are fetched by their update, on the critical path.
+        """
         if not self.overlap:
             return
-        order = [b for b, plan in self._plans.items() if plan.fetch]
+        memory = self.tiering.memory
+        room = (
+            memory.device_budget_bytes
+            - self._floor
+            - memory.untiered_device_bytes
+            - memory.occupied_bytes(step)
+        )
+        order = []
+        for block, plan in reversed(self._plans.items()):
+            nbytes = sum(s.nbytes for s in plan.fetch)
+            if plan.fetch and nbytes <= room:
+                room -= nbytes
+                order.append(block)
         self._fetched = {b: self.env.event() for b in order}
 
         def prefetch() -> Generator[Any, Any, None]:
@@ -268,11 +287,15 @@ class TieredState:
 
     def before_update(self, block: str, step: int, index: int) -> Generator[Any, Any, None]:
         """With overlap: wait until the block's staged slots are on the device."""
+        if not self.overlap:
+            return
         ready = self._fetched.get(block)
-        if self.overlap and ready is not None and not ready.triggered:
-            start = int(self.env.now)
+        start = int(self.env.now)
+        if ready is None:  # not prefetched: no room was left for it
+            yield from self._fetch(block, step, index)
+        elif not ready.triggered:
             yield ready
-            self._blocked(start, step, index, block, "fetch")
+        self._blocked(start, step, index, block, "fetch")
 
     def update_ns(self, block: str, hot_ns: int, index: int) -> int:
         """The update's duration: at least the time its in-place bytes take across the link."""

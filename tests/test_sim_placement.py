@@ -143,6 +143,33 @@ def test_lifecycle_keeps_less_state_on_the_device_than_device() -> None:
     assert lifecycle.transfer_wait_ns.sum() == 0 and lifecycle.link_bytes.sum() > 0
 
 
+def test_prefetch_stays_within_the_room_the_placement_leaves() -> None:
+    """As in the runtime: hooks prefetch (last layer first) only into budget - peak; the
+    blocks left out are fetched by their update, which then waits on the copy."""
+    free = simulate(model(), SimConfig(steps=10, tiering=tiering("lifecycle")))
+    slots = block_slot_bytes(256, 256, "soap", count=2)
+    staged = sum(s.nbytes for s in slots if s.kind.value in ("factor", "basis", "root"))
+    budget = free.peak_device_state_bytes + staged + staged // 2  # room for one prefetch
+    tight = simulate(
+        model(),
+        SimConfig(
+            steps=10,
+            tiering=tiering("lifecycle", memory=MemoryBudget(device_budget_bytes=budget)),
+        ),
+    )
+    assert tight.peak_device_state_bytes == free.peak_device_state_bytes <= budget
+    frame = spans_frame(tight.recorder.spans)
+    step = frame["step"] == 5
+    backward_end = int(frame.loc[step & (frame["name"] == "backward"), "end_ns"].iloc[0])
+    fetches = frame[step & (frame["name"] == "fetch")]
+    early = set(fetches.loc[fetches["start_ns"] < backward_end, "block"])
+    assert early == {"p3.r0.c0"}  # the last block's hook fires first; only it fits
+    assert set(fetches["block"]) == {f"p{i}.r0.c0" for i in range(4)}
+    waits = frame[step & (frame["name"] == "wait_transfer")]
+    assert set(waits["block"]) >= {"p0.r0.c0", "p1.r0.c0", "p2.r0.c0"}
+    assert tight.transfer_wait_ns.sum() > 0 == free.transfer_wait_ns.sum()
+
+
 def test_pressure_evicts_under_a_small_budget_and_promotes_when_it_grows() -> None:
     m = model(blocks=3, side=512)
     total = sum(s.nbytes for b in m.blocks for s in b.slots)

@@ -232,3 +232,45 @@ def test_bench_tiers_quick_prints_its_table() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "| lifecycle |" in proc.stdout and "AdamW's 2 moments: met" in proc.stdout
+
+
+@pytest.mark.parametrize("placement", ["lifecycle", "pressure:0.004:0.008"])
+def test_prefetch_never_takes_the_device_past_its_budget(
+    placement: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hooks prefetch only into what the placement leaves free, keeping room for one `get`."""
+    budget = 8000 if placement.startswith("pressure") else 1 << 40
+    on_device: list[int] = []
+    prefetched: list[int] = []
+
+    def occupancy(store: TieredStateStore) -> int:
+        staged = sum(
+            t.numel() * t.element_size() for ts in store._staged.values() for t in ts.values()
+        )
+        return store.tier_bytes()[Tier.DEVICE] + staged
+
+    real_prefetch, real_get = TieredStateStore.prefetch, TieredStateStore.get
+
+    def prefetch(self: TieredStateStore, block_id: str) -> int:
+        nbytes = real_prefetch(self, block_id)
+        prefetched.append(nbytes)
+        on_device.append(occupancy(self))
+        return nbytes
+
+    def get(self: TieredStateStore, block_id: str) -> object:
+        state = real_get(self, block_id)
+        on_device.append(occupancy(self))
+        return state
+
+    monkeypatch.setattr(TieredStateStore, "prefetch", prefetch)
+    monkeypatch.setattr(TieredStateStore, "get", get)
+    params, _ = train(
+        "soap",
+        ExecutionConfig(placement=parse_placement(placement), device_budget_bytes=budget),
+    )
+    assert max(on_device) <= budget
+    assert any(n > 0 for n in prefetched)  # prefetch still works where there is room
+    if budget < 1 << 40:
+        assert any(n == 0 for n in prefetched)  # and stands back where there is not
+    for got, want in zip(params, device_run("soap"), strict=True):
+        assert torch.equal(got, want)
