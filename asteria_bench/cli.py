@@ -325,13 +325,22 @@ def simulate(
         typer.Option(help="a preset comparing AdamW, synchronous and asteria: gb10-1b, gh200-7b"),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="write the table as simulate.csv in this folder")
+        Path | None,
+        typer.Option(help="write the table (simulate.csv) and each configuration's trace here"),
     ] = None,
     convergence: Annotated[
         Path | None,
         typer.Option(
             help="steps-to-target ratios: a summary.json of bench_convergence / bench_staleness"
         ),
+    ] = None,
+    calibrate_on: Annotated[
+        Path | None,
+        typer.Option(help="a measured run directory: its ops' fraction of the roofline is used"),
+    ] = None,
+    calibration_profile: Annotated[
+        str | None,
+        typer.Option(help="the profile (name or .toml) of the machine that run was measured on"),
     ] = None,
 ) -> None:
     """Simulate training on other hardware and policies (comma-separated values sweep).
@@ -361,7 +370,14 @@ def simulate(
         values["device_budget"] = device_budget
     if host_budget is not None:
         values["host_budget"] = host_budget
-    simulate_command(values, scenario=scenario, out=out, convergence=convergence)
+    simulate_command(
+        values,
+        scenario=scenario,
+        out=out,
+        convergence=convergence,
+        calibrate_on=calibrate_on,
+        calibration_profile=calibration_profile,
+    )
 
 
 @app.command()

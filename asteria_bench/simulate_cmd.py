@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from asteria_bench.errors import UserError
+from simulator.calibration import Calibration
 from simulator.convergence import (
     DEFAULT_FILE,
     ConvergenceError,
@@ -272,6 +273,8 @@ def simulate_command(
     scenario: str | None,
     out: Path | None,
     convergence: Path | None = None,
+    calibrate_on: Path | None = None,
+    calibration_profile: str | None = None,
 ) -> None:
     import time
 
@@ -302,6 +305,8 @@ def simulate_command(
             ratios = load_ratios(source)
         except ConvergenceError as exc:
             raise UserError(f"--convergence: {exc}") from None
+    calibration = _calibration(calibrate_on, calibration_profile)
+    efficiency = calibration.efficiency if calibration is not None else None
     results = []
     started = time.perf_counter()
     console = Console(stderr=True)
@@ -309,7 +314,7 @@ def simulate_command(
         task = progress.add_task("simulating", total=len(whatifs))
         for w in whatifs:
             try:
-                results.append(run_whatif(w))
+                results.append(run_whatif(w, efficiency))
             except BudgetError as exc:
                 raise UserError(f"--device-budget: {exc}") from None
             progress.advance(task)
@@ -325,14 +330,50 @@ def simulate_command(
             " x simulated mean step time; ± is the interpolation error of the loss curves."
             " That the steps ratio carries over to this model size is an assumption."
         )
-    print(
-        "Op times are rooflines divided by assumed efficiencies (simulator/projection.py, Efficiency);"
-        " profile numbers marked 'assumed' are estimates (asteria-bench simulate --help)."
-    )
+    if calibration is None:
+        efficiencies = "assumed efficiencies (simulator/projection.py, Efficiency)"
+        print(
+            f"Op times are rooflines divided by {efficiencies}; --calibrate-on measures them on a run."
+            " Profile numbers marked 'assumed' are estimates."
+        )
+    else:
+        efficiencies = calibration.describe()
+        print(
+            f"Op times are rooflines divided by efficiencies {efficiencies}; other ops keep their"
+            " assumed efficiency. On other hardware each op is assumed to reach the same"
+            " fraction of its roofline."
+        )
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         frame = results_frame(results)
+        from asteria_bench.simulated_runs import write_simulated_runs
         from traces.atomic import atomic_write_text
 
         atomic_write_text(out / "simulate.csv", frame.to_csv(index=False))
-        print(str(out / "simulate.csv"))
+        folders = write_simulated_runs(results, out, efficiencies)
+        print(f"{out / 'simulate.csv'} and {len(folders)} simulated run(s) under {out}")
+
+
+def _calibration(run_dir: Path | None, profile: str | None) -> Calibration | None:
+    """Efficiencies measured on ``run_dir`` with ``profile``, the machine it ran on."""
+    from simulator.calibration import calibrate
+    from simulator.profiles import ProfileError, load_profile
+
+    if run_dir is None:
+        if profile is not None:
+            raise UserError("--calibration-profile: given without --calibrate-on RUN_DIR")
+        return None
+    _check_run(run_dir, "--calibrate-on")
+    if profile is None:
+        raise UserError(
+            "--calibration-profile: needed with --calibrate-on (the profile of the machine the"
+            " run was measured on; `asteria-bench profile` writes one)"
+        )
+    try:
+        machine = load_profile(profile)
+    except ProfileError as exc:
+        raise UserError(f"--calibration-profile: {exc}") from None
+    try:
+        return calibrate(read_trace(run_dir), machine)
+    except (TraceError, WorkloadError) as exc:
+        raise UserError(f"--calibrate-on: {exc}") from None

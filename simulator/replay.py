@@ -25,6 +25,7 @@ import pandas as pd
 from runtime.policies.placement import LinkKind, parse_placement
 from runtime.policies.staleness import StalenessPolicy, parse_staleness
 from simulator.engine import SimConfig, SimResult, simulate
+from simulator.interference import worker_interference_of
 from simulator.links import LinkRates
 from simulator.placement_model import UNLIMITED_BYTES, MemoryBudget
 from simulator.profiles import ProfileError, load_profile
@@ -184,9 +185,11 @@ def _simulated_figures(result: SimResult) -> StepFigures:
 
 
 def replay_run(run_dir: Path) -> tuple[Fidelity, SimResult]:
+    """The run simulated on its own costs, its workers' measured interference included."""
     trace = read_trace(run_dir)
     steps = int(pd.read_parquet(run_dir / "metrics.parquet")["step"].max())
-    result = simulate(workload_from_trace(trace), sim_config_of(trace, steps))
+    config = sim_config_of(trace, steps, worker_interference_of(trace))
+    result = simulate(workload_from_trace(trace), config)
     return Fidelity(measured_figures(run_dir), _simulated_figures(result)), result
 
 

@@ -1,0 +1,93 @@
+"""``simulate --out`` writes traces in the measured schema; ``--calibrate-on`` uses a run's efficiencies."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from asteria_bench.cli import main
+from traces.io import read_trace
+
+SIM = ["simulate", "--hardware", "h100-sxm", "--model", "gpt-small", "--optimizer", "soap"]
+SIM += ["--steps", "24", "--tokens-per-rank", "4096", "--precondition-frequency", "5"]
+
+
+def run_cli(args: list[str]) -> int:
+    try:
+        main(args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("measured") / "soap"
+    tiny = ["--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--context", "16"]
+    tiny += ["--batch-size", "4", "--eval-every", "100", "--eval-batches", "1", "--quiet"]
+    tiny += ["--corpus-bytes", "20000", "--steps", "8", "--precondition-frequency", "3"]
+    tiny += ["--torch-threads", "1"]
+    assert run_cli(["run", "--optimizer", "soap", "--out", str(out), *tiny]) == 0
+    return out
+
+
+def test_every_simulated_configuration_is_a_trace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "sim"
+    assert run_cli([*SIM, "--placement", "device,lifecycle", "--out", str(out)]) == 0
+    assert "2 simulated run(s)" in capsys.readouterr().out
+    table = pd.read_csv(out / "simulate.csv")
+    folders = sorted(p for p in out.iterdir() if p.is_dir())
+    assert len(folders) == len(table) == 2
+    for folder, placement in zip(folders, ["device", "lifecycle"], strict=True):
+        trace = read_trace(folder)
+        assert trace.metadata.kind == "simulated"
+        assert trace.metadata.policies["placement"] == placement
+        assert trace.metadata.hardware.gpus[0].driver_version == "simulated"
+        steps = trace.spans[trace.spans["name"] == "step"]
+        assert len(steps) == 24
+        fetched = trace.spans[trace.spans["name"] == "fetch"]
+        assert fetched.empty == (placement == "device")
+
+
+def test_calibrated_efficiencies_change_the_projection(
+    recorded: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assumed, calibrated = tmp_path / "assumed", tmp_path / "calibrated"
+    assert run_cli([*SIM, "--out", str(assumed)]) == 0
+    capsys.readouterr()
+    args = ["--calibrate-on", str(recorded), "--calibration-profile", "h100-sxm"]
+    assert run_cli([*SIM, *args, "--out", str(calibrated)]) == 0
+    printed = capsys.readouterr().out
+    assert f"calibrated on {recorded.name} with profile h100-sxm: gemm" in printed
+    a = pd.read_csv(assumed / "simulate.csv")["median_ms"].iloc[0]
+    b = pd.read_csv(calibrated / "simulate.csv")["median_ms"].iloc[0]
+    # a tiny CPU run reaches a sliver of an H100's roofline: far slower than assumed
+    assert b > 10 * a
+    config = read_trace(next(p for p in calibrated.iterdir() if p.is_dir())).metadata.config
+    assert config["efficiency"].startswith("calibrated on")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--calibrate-on", "RUN"], "--calibration-profile: needed with --calibrate-on"),
+        (["--calibration-profile", "h100-sxm"], "--calibration-profile: given without"),
+        (["--calibrate-on", "RUN", "--calibration-profile", "nope"], "--calibration-profile:"),
+        (["--calibrate-on", "MISSING", "--calibration-profile", "h100-sxm"], "--calibrate-on:"),
+    ],
+)
+def test_bad_calibration_options_are_one_line(
+    recorded: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    message: str,
+) -> None:
+    args = [{"RUN": str(recorded), "MISSING": str(tmp_path / "missing")}.get(a, a) for a in args]
+    assert run_cli([*SIM, *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
