@@ -195,6 +195,7 @@ def results_table(
         "on device GiB (peak)",
         "link GB/step",
         "copy wait ms/step",
+        "workers busy",
         "vs AdamW (mean)",
         "time to AdamW's loss vs AdamW",
     ]
@@ -225,6 +226,7 @@ def results_table(
             f"{r.peak_device_state_gib:.1f}{fits}",
             f"{r.link_gb_per_step:.2f}",
             f"{r.transfer_wait_ms_per_step:.2f}",
+            f"{100 * r.worker_utilisation:.0f} %" if r.worker_utilisation else "-",
             f"{r.mean_ms / base:.3f}" if base else "-",
             _time_to_target(r, base, ratios or []),
         )
@@ -261,6 +263,7 @@ def results_frame(results: list[WhatIfResult]) -> pd.DataFrame:
             fits=r.fits,
             link_gb_per_step=r.link_gb_per_step,
             transfer_wait_ms_per_step=r.transfer_wait_ms_per_step,
+            worker_utilisation=r.worker_utilisation,
             lower_bound_ms=r.lower_bound_ms,
         )
         rows.append(row)

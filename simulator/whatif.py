@@ -74,6 +74,7 @@ class WhatIfResult:
     peak_device_state_gib: float = 0.0  # resting on the device plus the largest staged block
     link_gb_per_step: float = 0.0  # CPU-GPU link: fetches, write-backs, moves, in-place streams
     transfer_wait_ms_per_step: float = 0.0  # training waiting on copies
+    worker_utilisation: float = 0.0  # refresh workers' busy time / (workers x run time)
 
     @property
     def fits(self) -> bool:
@@ -135,7 +136,21 @@ def run_whatif(w: WhatIf, efficiency: Efficiency | None = None) -> WhatIfResult:
         peak_device_state_gib=peak / 2**30,
         link_gb_per_step=float(result.link_bytes.sum()) / 1e9 / w.steps,
         transfer_wait_ms_per_step=float(result.transfer_wait_ns.sum()) / 1e6 / w.steps,
+        worker_utilisation=worker_utilisation(result, w.workers if staleness.asynchronous else 0),
     )
+
+
+def worker_utilisation(result: SimResult, workers: int) -> float:
+    """The share of the run's time the refresh workers spent computing (0 without workers)."""
+    total = float(result.step_ns.sum()) * workers
+    if total <= 0:
+        return 0.0
+    busy = sum(
+        s.end_ns - s.start_ns
+        for s in result.recorder.spans
+        if s.track is not None and s.track.startswith("refresh-worker")
+    )
+    return busy / total
 
 
 class BudgetError(ValueError):

@@ -91,3 +91,20 @@ def test_bad_calibration_options_are_one_line(
     assert run_cli([*SIM, *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_worker_utilisation_is_reported_for_asynchronous_runs(tmp_path: Path) -> None:
+    out = tmp_path / "sim"
+    args = ["--staleness", "sync,bounded:4", "--root-device", "host", "--workers", "2"]
+    assert run_cli([*SIM, *args, "--out", str(out)]) == 0
+    table = pd.read_csv(out / "simulate.csv").set_index("staleness")
+    assert table.loc["sync", "worker_utilisation"] == 0.0
+    busy = table.loc["bounded:4", "worker_utilisation"]
+    trace = read_trace(next(p for p in sorted(out.iterdir()) if p.name.startswith("02-")))
+    spans = trace.spans
+    jobs = spans[spans["track"].astype(str).str.startswith("refresh-worker")]
+    steps = spans[spans["name"] == "step"]
+    expected = (jobs["end_ns"] - jobs["start_ns"]).sum() / (
+        2 * (steps["end_ns"] - steps["start_ns"]).sum()
+    )
+    assert 0 < busy <= 1 and busy == pytest.approx(expected, rel=1e-9)
