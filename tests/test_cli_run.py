@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from cli_runner import run_cli
 
-from asteria_bench.cli import main
 from traces.io import read_trace
 
 TINY = [
@@ -32,14 +32,6 @@ TINY = [
     "20000",
     "--quiet",
 ]
-
-
-def run_cli(args: list[str]) -> int:
-    try:
-        main(args)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "soap", "shampoo", "kl-shampoo"])

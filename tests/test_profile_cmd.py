@@ -5,17 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from cli_runner import run_cli
 
-from asteria_bench.cli import main
 from simulator.profiles import Basis, load_profile
-
-
-def run_cli(args: list[str]) -> int:
-    try:
-        main(args)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def test_profile_writes_a_measured_profile_that_simulates(tmp_path: Path) -> None:

@@ -6,20 +6,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from cli_runner import run_cli
 
-from asteria_bench.cli import main
 from traces.io import read_trace
 
 SIM = ["simulate", "--hardware", "h100-sxm", "--model", "gpt-small", "--optimizer", "soap"]
 SIM += ["--steps", "24", "--tokens-per-rank", "4096", "--precondition-frequency", "5"]
-
-
-def run_cli(args: list[str]) -> int:
-    try:
-        main(args)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from cli_runner import run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asteria_bench.cli import main
 from runtime.policies.placement import (
     LinkKind,
     PressurePlacement,
@@ -305,14 +305,6 @@ def test_tiered_scenario_fits_where_device_does_not() -> None:
         < sync.peak_device_state_gib
         == pytest.approx(sync.state_gib_per_rank)
     )
-
-
-def run_cli(args: list[str]) -> int:
-    try:
-        main(args)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def test_simulate_sweeps_placements_into_one_table(

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from cli_runner import run_cli
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asteria_bench.cli import main
 from simulator.projection import Efficiency
 from simulator.whatif import SCENARIOS, WhatIf, run_whatif
 
@@ -67,14 +67,6 @@ def test_scenarios_show_the_claims(name: str) -> None:
     assert asteria.spike <= sync.spike  # fewer latency spikes
     assert asteria.mean_ms <= sync.mean_ms  # lower visible overhead on average
     assert results["AdamW"].mean_ms <= asteria.mean_ms  # second order is not free
-
-
-def run_cli(args: list[str]) -> int:
-    try:
-        main(args)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
 
 
 def test_simulate_sweep_writes_one_table(
