@@ -1,9 +1,10 @@
 """The spill store: optimizer-state tensors as checked files, moved on I/O threads.
 
 A ``SpillStore`` writes one file per ``(block id, slot)`` key (format in
-``runtime.spill.layout``) on a pool of I/O threads and reads it back into a
-new host tensor (pinned where CUDA is present) or into a caller's buffer,
-checking the payload checksum on every read.
+``runtime.spill.layout``, aligned byte I/O in ``runtime.spill.fileio``) on a
+pool of I/O threads and reads it back into a new host tensor (pinned where
+CUDA is present) or into a caller's buffer, checking the payload checksum on
+every read.
 
 I/O mode: O_DIRECT with page-aligned buffers where the file system takes it
 (probed once per directory, ``SpillDirectory.direct_io``), else buffered writes
@@ -49,17 +50,16 @@ from runtime.spill.errors import (
     SpillReadError,
     SpillWriteError,
 )
+from runtime.spill.fileio import O_DIRECT, Writer, destination, pread_all, read_into, write_file
 from runtime.spill.layout import (
     ALIGN,
     SpillFile,
     address,
-    align_up,
     aligned_buffer,
     check_header,
     checksum,
     encode_header,
     file_name,
-    pieces,
 )
 from traces.recorder import NULL_RECORDER, Recorder
 from traces.schema import NO_STEP, Category, Tier
@@ -71,11 +71,7 @@ DEFAULT_SEGMENT_BYTES = 8 * 2**20
 """Bounce-buffer size for the one case that needs more than a block: a read into an
 ``out`` tensor whose address modulo 4096 differs from the file's skew."""
 
-_O_DIRECT = getattr(os, "O_DIRECT", 0)
 _FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
-
-Writer = Callable[[int, Any], int]
-"""``os.write``'s signature: (fd, bytes-like) -> bytes written."""
 
 
 @dataclass
@@ -95,24 +91,6 @@ def _as_key(key: SpillKey | tuple[str, str]) -> SpillKey:
     if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, str) for k in key)):
         raise TypeError(f"a spill key is a (block id, slot) pair of strings, got {key!r}")
     return SpillKey(*key)
-
-
-def _write_all(writer: Writer, fd: int, data: np.ndarray) -> None:
-    view = data.data
-    while view:
-        written = writer(fd, view)
-        if written <= 0:
-            raise OSError(errno.EIO, "write made no progress")
-        view = view[written:]
-
-
-def _pread_all(fd: int, out: np.ndarray, offset: int) -> None:
-    done = 0
-    while done < len(out):
-        got = os.preadv(fd, [out[done:].data], offset + done)
-        if got == 0:
-            raise EOFError(f"file ends {len(out) - done} bytes early")
-        done += got
 
 
 class SpillStore:
@@ -381,27 +359,15 @@ class SpillStore:
         entry = SpillFile(key, final, tensor.dtype, tuple(tensor.shape), nbytes, digest, 0, skew)
         header = encode_header(entry)
         entry = dataclasses.replace(entry, header_bytes=len(header))
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | (_O_DIRECT if self.direct_io else 0)
-        fd = os.open(tmp, flags, 0o600)
-        try:
-            staged = self._staging(len(header))
-            staged[:] = np.frombuffer(header, np.uint8)
-            _write_all(self._writer, fd, staged)
-            for start, end, in_place in pieces(nbytes, skew, self.direct_io):
-                if in_place:
-                    _write_all(self._writer, fd, payload[start:end])
-                else:  # a partial first or last block: zero-filled around the bytes
-                    lo = start + skew - (start + skew) % ALIGN
-                    staged = self._staging(align_up(end + skew) - lo)
-                    staged[:] = 0
-                    staged[start + skew - lo : end + skew - lo] = payload[start:end]
-                    _write_all(self._writer, fd, staged)
-            if not self.direct_io:
-                os.fdatasync(fd)
-                if hasattr(os, "posix_fadvise"):
-                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+        write_file(
+            tmp,
+            header,
+            payload,
+            skew,
+            direct=self.direct_io,
+            writer=self._writer,
+            staging=self._staging,
+        )
         self._check_open()
         os.replace(tmp, final)
         return entry
@@ -456,18 +422,18 @@ class SpillStore:
         if entry is None:  # its write failed, or it was removed meanwhile
             raise KeyError(f"no spilled tensor for {tuple(key)}")
         start_ns, t0 = self._recorder.clock(), time.perf_counter()
-        result, dst, region = self._destination(entry, out)
+        result, dst, region = destination(entry, out, self.pin_memory)
         try:
             self._check_open()
-            fd = os.open(entry.path, os.O_RDONLY | (_O_DIRECT if self.direct_io else 0))
+            fd = os.open(entry.path, os.O_RDONLY | (O_DIRECT if self.direct_io else 0))
             try:
                 header = self._staging(entry.header_bytes)
-                _pread_all(fd, header, 0)
+                pread_all(fd, header, 0)
                 check_header(header, entry)
                 if region is not None:  # our own buffer: the whole region in one call
-                    _pread_all(fd, region, entry.header_bytes)
+                    pread_all(fd, region, entry.header_bytes)
                 else:
-                    self._read_into(fd, dst, entry)
+                    read_into(fd, dst, entry, self.direct_io, self._staging, self._segment_bytes)
                 if not self.direct_io and hasattr(os, "posix_fadvise"):
                     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             finally:
@@ -508,56 +474,3 @@ class SpillStore:
             detail=key.slot,
         )
         return result
-
-    def _destination(
-        self, entry: SpillFile, out: torch.Tensor | None
-    ) -> tuple[torch.Tensor, np.ndarray, np.ndarray | None]:
-        """The tensor to return, its bytes, and (for a new tensor) the whole aligned region
-        it sits in, laid out as in the file: ``skew`` bytes, the payload, the padding."""
-        import torch
-
-        if out is not None:
-            if (
-                out.device.type != "cpu"
-                or not out.is_contiguous()
-                or out.dtype != entry.dtype
-                or tuple(out.shape) != entry.shape
-            ):
-                raise ValueError(
-                    f"read {tuple(entry.key)}: out must be a contiguous CPU tensor of "
-                    f"{entry.dtype} and shape {entry.shape}"
-                )
-            return out, out.reshape(-1).view(torch.uint8).numpy(), None
-        size = align_up(entry.skew + entry.nbytes)
-        raw = torch.empty(size, dtype=torch.uint8, pin_memory=self.pin_memory)
-        if raw.data_ptr() % ALIGN:  # the CPU allocator aligns to 64 bytes only
-            raw = torch.empty(size + ALIGN, dtype=torch.uint8, pin_memory=self.pin_memory)
-            offset = -raw.data_ptr() % ALIGN
-            raw = raw[offset : offset + size]
-        payload = raw[entry.skew : entry.skew + entry.nbytes]
-        result = payload.view(entry.dtype).reshape(entry.shape)
-        return result, payload.numpy(), raw.numpy()
-
-    def _read_into(self, fd: int, dst: np.ndarray, entry: SpillFile) -> None:
-        """Fill ``dst`` (an ``out`` tensor's bytes): in place where O_DIRECT allows."""
-        nbytes, base, skew = entry.nbytes, entry.header_bytes, entry.skew
-        if not self.direct_io:
-            _pread_all(fd, dst, base + skew)
-            return
-        if address(dst) % ALIGN == skew:
-            ranges = pieces(nbytes, skew, direct=True)
-        else:  # nothing lines up: everything through the bounce buffer
-            seg = self._segment_bytes
-            size = align_up(skew + nbytes)
-            ranges = [
-                (max(0, lo - skew), min(nbytes, lo + seg - skew), False)
-                for lo in range(0, size, seg)
-            ]
-        for start, end, in_place in ranges:
-            if in_place:
-                _pread_all(fd, dst[start:end], base + skew + start)
-            else:
-                lo = start + skew - (start + skew) % ALIGN
-                staged = self._staging(align_up(end + skew) - lo)
-                _pread_all(fd, staged, base + lo)
-                np.copyto(dst[start:end], staged[start + skew - lo : end + skew - lo])
