@@ -33,13 +33,13 @@ import torch
 from runtime.host_pool import HostPool
 from runtime.policies.placement import (
     TIER_RANK,
+    WRITTEN_KINDS,
     Access,
     MemoryView,
     PlacementPolicy,
     SlotInfo,
     check_budget,
     format_bytes,
-    peak_device_bytes,
 )
 from runtime.policies.placement import LinkKind as PolicyLink
 from runtime.state import StateStore, slot_kinds
@@ -83,7 +83,7 @@ class TieredStateStore(StateStore):
         self._spill_failed = False
         self._ready: dict[str, Any] = {}
         self._stream: Any = None
-        self._floor = 0  # peak_device_bytes of the placement at ``_floor_step``
+        self._floor = 0  # device_peak_bytes() at ``_floor_step``
         self._floor_step = -1
         self.bytes_moved: dict[tuple[Tier, Tier], int] = {}
 
@@ -250,13 +250,13 @@ class TieredStateStore(StateStore):
     def _prefetch_fits(self, block_id: str) -> bool:
         """Whether staging the block now keeps the device within its budget.
 
-        The policy's placement needs ``peak_device_bytes``: what rests on the
-        device plus the largest block's staged copies, which ``get`` may add
-        for a block that was not prefetched. Prefetches may only use what is
-        left over, so that no order of hooks and updates goes past the budget.
+        The placement needs ``device_peak_bytes``: what rests on the device
+        plus the largest block's copies, which ``get`` may add for a block that
+        was not prefetched. Prefetches may only use what is left over, so that
+        no order of hooks and updates goes past the budget.
         """
         if self._floor_step != self._step:
-            self._floor = peak_device_bytes(self.slot_infos(), self.policy, self._step)
+            self._floor = self.device_peak_bytes()
             self._floor_step = self._step
         prefetched = sum(
             t.numel() * t.element_size()
@@ -264,6 +264,19 @@ class TieredStateStore(StateStore):
             for t in staged.values()
         )
         return self._floor + prefetched + self._staging_bytes(block_id) <= self.device_budget_bytes
+
+    def device_peak_bytes(self) -> int:
+        """Device memory the coming step needs: resting bytes plus the largest block's copies.
+
+        The policy's ``peak_device_bytes`` where this store does as the policy
+        says. Where the policy reaches a host slot in place (NVLink-C2C,
+        unified memory), torch has no such access and ``_stage`` copies the
+        slot to the device anyway: the copy counts here.
+        """
+        resting = self.tier_bytes()
+        shared = resting[Tier.HOST] if self.policy.link is PolicyLink.UNIFIED else 0
+        largest = max((self._staging_bytes(block) for block in self._states), default=0)
+        return resting[Tier.DEVICE] + shared + largest
 
     def _staging_bytes(self, block_id: str) -> int:
         """Bytes ``_stage`` would copy to the device for the block now."""
@@ -336,7 +349,7 @@ class TieredStateStore(StateStore):
             if copy is None and not replaced:
                 continue
             access = self.policy.access(self._slot_info(block_id, name, kind), self._step)
-            if copy is not None and current is copy and access is not Access.FETCH_WRITE_BACK:
+            if copy is not None and current is copy and not _writes(access, kind):
                 continue  # read-only use: the resting copy is still exact
             start = self._recorder.clock()
             old = getattr(state, name) if tier is Tier.HOST else None
@@ -366,7 +379,7 @@ class TieredStateStore(StateStore):
         without a GPU it is the only limit there is, and on a GPU it is the
         limit the user asked for (the allocator is a second, real one).
         """
-        needed = peak_device_bytes(self.slot_infos(), self.policy, step)
+        needed = self.device_peak_bytes()
         self._floor, self._floor_step = needed, step
         if needed <= self.device_budget_bytes:
             return
@@ -454,6 +467,20 @@ class TieredStateStore(StateStore):
 
     def total_bytes(self) -> int:
         return sum(self._nbytes.values())
+
+
+def _writes(access: Access, kind: Any) -> bool:
+    """Whether the update wrote the slot it reached with ``access``, so its copy goes back.
+
+    In-place access (NVLink-C2C, unified memory) is made through a device copy
+    here, so a slot the update writes in place is written back like a fetched one.
+    """
+    if access is Access.FETCH_WRITE_BACK:
+        return True
+    return access is Access.IN_PLACE and kind.value in WRITTEN_KIND_VALUES
+
+
+WRITTEN_KIND_VALUES = frozenset(k.value for k in WRITTEN_KINDS)
 
 
 class BudgetError(ValueError):

@@ -274,3 +274,34 @@ def test_prefetch_never_takes_the_device_past_its_budget(
         assert any(n == 0 for n in prefetched)  # and stands back where there is not
     for got, want in zip(params, device_run("soap"), strict=True):
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+@pytest.mark.parametrize("link", ["nvlink-c2c", "unified"])
+@pytest.mark.parametrize("placement", ["host", "lifecycle"])
+def test_in_place_links_never_change_the_math(name: str, link: str, placement: str) -> None:
+    """Where the policy reaches a slot in place, the store copies it: written slots go back."""
+    params, _ = train(name, ExecutionConfig(placement=parse_placement(placement, link=link)))
+    for got, want in zip(params, device_run(name), strict=True):
+        assert torch.equal(got, want)
+
+
+def test_device_peak_counts_the_copies_the_store_makes() -> None:
+    """Over PCIe the store's peak is the policy's; over NVLink-C2C the store also copies
+    the slots the policy reaches in place, and a budget that ignores them runs out."""
+    from runtime.policies.placement import peak_device_bytes
+
+    _, opt = train("soap", ExecutionConfig(placement=parse_placement("lifecycle")), steps=3)
+    store = opt.store
+    infos = store.slot_infos()
+    assert store.device_peak_bytes() == peak_device_bytes(infos, store.policy, store._step)
+    c2c = parse_placement("lifecycle", link="nvlink-c2c")
+    _, opt = train("soap", ExecutionConfig(placement=c2c), steps=3)
+    store = opt.store
+    planned = peak_device_bytes(store.slot_infos(), c2c, store._step)
+    actual = store.device_peak_bytes()
+    assert actual > planned
+    between = actual - 1
+    with pytest.raises(DeviceOutOfMemory, match=rf"needs .*\({actual} bytes\)"):
+        train("soap", ExecutionConfig(placement=c2c, device_budget_bytes=between), steps=3)
+    train("soap", ExecutionConfig(placement=c2c, device_budget_bytes=actual), steps=3)
