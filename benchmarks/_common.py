@@ -1,6 +1,6 @@
-"""What both benchmark scripts share: the environment line, threads, tables.
+"""What the benchmark scripts share: the environment line, threads, tables, a run's counters.
 
-Nothing here measures anything; it only formats and reports, so that the two
+Nothing here measures anything; it only formats and reports, so that the
 scripts print their context the same way.
 """
 
@@ -12,6 +12,8 @@ import statistics
 from collections.abc import Iterable, Sequence
 
 import torch
+
+from traces.schema import CounterSample
 
 DEFAULT_THREADS = 1
 """Intra-op threads unless ``--threads`` says otherwise.
@@ -82,3 +84,9 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     out = [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
     out.extend(line(row) for row in rows)
     return "\n".join(out)
+
+
+def peak_device_state_bytes(counters: Iterable[CounterSample]) -> int:
+    """The largest device-tier ``state_bytes`` counter of a run (0 when none was recorded)."""
+    device = [c.value for c in counters if c.name == "state_bytes" and c.key == "device"]
+    return int(max(device, default=0))

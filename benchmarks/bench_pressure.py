@@ -38,8 +38,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from asteria_bench.config import RunConfig, parse_bytes
-from asteria_bench.train import TrainResult, train
-from benchmarks._common import environment_line, set_threads
+from asteria_bench.train import train
+from benchmarks._common import environment_line, peak_device_state_bytes, set_threads
 
 
 @dataclass(frozen=True)
@@ -78,13 +78,6 @@ def configure(args: argparse.Namespace, run: Run, budget: int | None, spill: str
     return config
 
 
-def peak_device_bytes(result: TrainResult) -> int:
-    device = [
-        c.value for c in result.recorder.counters if c.name == "state_bytes" and c.key == "device"
-    ]
-    return int(max(device, default=0))
-
-
 def execute(
     args: argparse.Namespace, run: Run, budget: int | None, spill: str, outcomes: dict[str, Outcome]
 ) -> None:
@@ -93,7 +86,9 @@ def execute(
     steady = result.metrics[1:] or result.metrics
     step_ms = statistics.median(m.step_time_ns for m in steady) / 1e6 if steady else float("nan")
     seen = outcomes.setdefault(run.label, Outcome(run.budgeted, result.stopped_early))
-    seen.peak_device_bytes = max(seen.peak_device_bytes, peak_device_bytes(result))
+    seen.peak_device_bytes = max(
+        seen.peak_device_bytes, peak_device_state_bytes(result.recorder.counters)
+    )
     if result.stopped_early is None:
         seen.step_ms.append(step_ms)
     if args.out is not None:

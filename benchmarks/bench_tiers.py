@@ -28,7 +28,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from asteria_bench.config import RunConfig
 from asteria_bench.train import train
-from benchmarks._common import environment_line, load_average, set_threads
+from benchmarks._common import (
+    environment_line,
+    load_average,
+    peak_device_state_bytes,
+    set_threads,
+)
 
 POLICIES = ("device", "host", "lifecycle", "pressure")
 
@@ -53,12 +58,9 @@ def run_once(
         config.model.n_layer, config.model.n_embd, config.model.n_head = 1, 32, 2
         config.model.context, config.train.batch_size, config.data.corpus_bytes = 16, 4, 20_000
     result = train(config)
-    device = [
-        c.value for c in result.recorder.counters if c.name == "state_bytes" and c.key == "device"
-    ]
     steady = result.metrics[1:] or result.metrics
     return (
-        int(max(device)),
+        peak_device_state_bytes(result.recorder.counters),
         statistics.median(m.step_time_ns for m in steady) / 1e6,
         statistics.median(m.transfer_ns for m in steady) / 1e6,
     )

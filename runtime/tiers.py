@@ -40,6 +40,7 @@ from runtime.policies.placement import (
     SlotInfo,
     check_budget,
     format_bytes,
+    link_of_gpu,
 )
 from runtime.policies.placement import LinkKind as PolicyLink
 from runtime.state import StateStore, slot_kinds
@@ -348,8 +349,9 @@ class TieredStateStore(StateStore):
             replaced = copy is None and current is not getattr(state, name)
             if copy is None and not replaced:
                 continue
-            access = self.policy.access(self._slot_info(block_id, name, kind), self._step)
-            if copy is not None and current is copy and not _writes(access, kind):
+            info = self._slot_info(block_id, name, kind)
+            access = self.policy.access(info, self._step)
+            if copy is not None and current is copy and not _writes(access, info):
                 continue  # read-only use: the resting copy is still exact
             start = self._recorder.clock()
             old = getattr(state, name) if tier is Tier.HOST else None
@@ -469,7 +471,7 @@ class TieredStateStore(StateStore):
         return sum(self._nbytes.values())
 
 
-def _writes(access: Access, kind: Any) -> bool:
+def _writes(access: Access, slot: SlotInfo) -> bool:
     """Whether the update wrote the slot it reached with ``access``, so its copy goes back.
 
     In-place access (NVLink-C2C, unified memory) is made through a device copy
@@ -477,10 +479,7 @@ def _writes(access: Access, kind: Any) -> bool:
     """
     if access is Access.FETCH_WRITE_BACK:
         return True
-    return access is Access.IN_PLACE and kind.value in WRITTEN_KIND_VALUES
-
-
-WRITTEN_KIND_VALUES = frozenset(k.value for k in WRITTEN_KINDS)
+    return access is Access.IN_PLACE and slot.kind in WRITTEN_KINDS
 
 
 class BudgetError(ValueError):
@@ -515,9 +514,4 @@ def link_of(device: torch.device) -> PolicyLink:
     """
     if device.type != "cuda":
         return PolicyLink.PCIE
-    name = torch.cuda.get_device_name(device).lower()
-    if "gh200" in name:
-        return PolicyLink.NVLINK_C2C
-    if "gb10" in name:
-        return PolicyLink.UNIFIED
-    return PolicyLink.PCIE
+    return link_of_gpu(torch.cuda.get_device_name(device))

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from runtime.policies.placement import LinkKind, parse_placement
+from runtime.policies.placement import LinkKind, link_of_gpu, parse_placement
 from runtime.policies.staleness import StalenessPolicy, parse_staleness
 from simulator.engine import SimConfig, SimResult, simulate
 from simulator.interference import worker_interference_of
@@ -106,12 +106,7 @@ def link_of_run(meta: RunMetadata) -> LinkKind:
     """The CPU-GPU link the runtime chose for the run (``runtime.tiers.link_of``)."""
     if not meta.device.startswith("cuda") or not meta.hardware.gpus:
         return LinkKind.PCIE
-    name = meta.hardware.gpus[0].name.lower()
-    if "gh200" in name:
-        return LinkKind.NVLINK_C2C
-    if "gb10" in name:
-        return LinkKind.UNIFIED
-    return LinkKind.PCIE
+    return link_of_gpu(meta.hardware.gpus[0].name)
 
 
 def tiering_of_run(trace: Trace) -> Tiering | None:

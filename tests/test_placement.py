@@ -454,3 +454,18 @@ def test_placement_imports_without_torch() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "link"),
+    [
+        ("NVIDIA GH200 480GB", LinkKind.NVLINK_C2C),
+        ("NVIDIA GB10", LinkKind.UNIFIED),
+        ("NVIDIA H100 80GB HBM3", LinkKind.PCIE),
+        ("NVIDIA H200", LinkKind.PCIE),
+    ],
+)
+def test_the_link_follows_the_gpu_name(name: str, link: LinkKind) -> None:
+    from runtime.policies.placement import link_of_gpu
+
+    assert link_of_gpu(name) is link

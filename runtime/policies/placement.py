@@ -57,6 +57,7 @@ from runtime.policies.slots import (
     SlotKind,
     apply_moves,
     format_bytes,
+    link_of_gpu,
     tier_bytes,
 )
 from runtime.policies.static import DevicePlacement, HostPlacement, LifecyclePlacement
@@ -84,6 +85,7 @@ __all__ = [
     "apply_moves",
     "check_budget",
     "format_bytes",
+    "link_of_gpu",
     "parse_placement",
     "peak_device_bytes",
     "step_traffic",

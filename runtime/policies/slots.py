@@ -62,6 +62,16 @@ class Access(str, Enum):
         return self is Access.RESIDENT or self.staged
 
 
+def link_of_gpu(name: str) -> LinkKind:
+    """The CPU-GPU link of a GPU, by its device name: the runtime's choice, which replay reads back."""
+    lowered = name.lower()
+    if "gh200" in lowered:
+        return LinkKind.NVLINK_C2C
+    if "gb10" in lowered:
+        return LinkKind.UNIFIED
+    return LinkKind.PCIE
+
+
 TIER_RANK = {Tier.DEVICE: 0, Tier.HOST: 1, Tier.NVME: 2}
 """Tiers from fastest to slowest: a move to a higher rank is an eviction."""
 
