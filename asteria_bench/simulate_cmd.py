@@ -32,6 +32,12 @@ def _check_run(path: Path, option: str) -> None:
         raise UserError(f"{option}: {path} is not a finished run directory (no metrics.parquet)")
 
 
+def _check_out(out: Path | None) -> None:
+    """Refuse an ``--out`` that cannot be a folder before any work is done."""
+    if out is not None and out.exists() and not out.is_dir():
+        raise UserError(f"--out: {out} is a file; expected a folder to write into")
+
+
 def _console() -> Console:
     """Wide tables stay tables when output goes to a file or a CI log."""
     return Console() if sys.stdout.isatty() else Console(width=200)
@@ -58,6 +64,7 @@ def fidelity_table(fidelity: Fidelity, title: str) -> Table:
 
 def replay_command(run_dir: Path, *, calibrate_on: Path | None, out: Path | None) -> None:
     _check_run(run_dir, "RUN_DIR")
+    _check_out(out)
     if calibrate_on is not None:
         _check_run(calibrate_on, "--calibrate-on")
     try:
@@ -301,6 +308,7 @@ def simulate_command(
         )
     for w in whatifs:
         validate_whatif(w)
+    _check_out(out)
     ratios: list[StepsRatio] = []
     source = convergence if convergence is not None else DEFAULT_FILE
     if convergence is not None or DEFAULT_FILE.exists():

@@ -100,3 +100,14 @@ def test_worker_utilisation_is_reported_for_asynchronous_runs(tmp_path: Path) ->
         2 * (steps["end_ns"] - steps["start_ns"]).sum()
     )
     assert 0 < busy <= 1 and busy == pytest.approx(expected, rel=1e-9)
+
+
+def test_an_out_that_is_a_file_is_refused_before_simulating(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "results"
+    target.write_text("keep me\n")
+    assert run_cli([*SIM, "--out", str(target)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--out:" in err and "expected a folder" in err and len(err.splitlines()) == 1
+    assert target.read_text() == "keep me\n"
