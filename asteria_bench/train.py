@@ -253,6 +253,25 @@ def train(config: RunConfig, *, progress: ProgressCallback | None = None) -> Tra
             return contextlib.nullcontext()
         return recorder.span("optimizer_step", Category.OPTIMIZER, step=step)
 
+    def training_step(step: int, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Forward, backward and the optimizer step, timed; the loss and the optimizer's ns."""
+        with recorder.span("step", Category.STEP, step=step):
+            with recorder.span("forward", Category.COMPUTE, step=step):
+                _, loss = model(x, y)
+                assert loss is not None
+                sync()
+            with recorder.span("backward", Category.COMPUTE, step=step):
+                loss.backward()
+                if t.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                sync()
+            opt_start = time.perf_counter_ns()
+            with outer_optimizer_span(step):
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            sync()
+            return loss, time.perf_counter_ns() - opt_start
+
     metrics: list[StepMetrics] = []
     main_track = threading.current_thread().name
     stopped: str | None = None
@@ -266,22 +285,7 @@ def train(config: RunConfig, *, progress: ProgressCallback | None = None) -> Tra
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             first_span = len(recorder.spans)
             try:
-                with recorder.span("step", Category.STEP, step=step):
-                    with recorder.span("forward", Category.COMPUTE, step=step):
-                        _, loss = model(x, y)
-                        assert loss is not None
-                        sync()
-                    with recorder.span("backward", Category.COMPUTE, step=step):
-                        loss.backward()
-                        if t.grad_clip > 0:
-                            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-                        sync()
-                    opt_start = time.perf_counter_ns()
-                    with outer_optimizer_span(step):
-                        optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    sync()
-                    opt_ns = time.perf_counter_ns() - opt_start
+                loss, opt_ns = training_step(step, x, y)
             except DeviceOutOfMemory as exc:
                 stopped = str(exc)
                 break

@@ -14,10 +14,11 @@ does with it on real tensors, and leaves the same trace:
   while the update runs, so the update lasts at least as long as that stream;
   on unified memory nothing is copied.
 
-With ``overlap`` the fetches of a step are issued in block order when its
-backward pass starts, as the runtime's post-accumulate-grad hooks do on a
-GPU's copy stream, and a block's update waits only for its own (a
-``wait_transfer`` span when it has to); write-backs run behind training, and a
+With ``overlap`` the fetches of a step are issued when its backward pass
+starts, last layer first and only into the device memory the placement leaves
+over, as the runtime's post-accumulate-grad hooks do on a GPU's copy stream; a
+block's update waits only for its own fetch, or makes it when there was no room
+to prefetch (a ``wait_transfer`` span when it has to wait); write-backs run behind training, and a
 later fetch or move of the same slot waits for them. Without ``overlap`` every
 copy is made on the training thread (fetches at the end of backward, where the
 hooks make them on a CPU; write-backs after each update), so a step is the sum
