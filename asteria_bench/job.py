@@ -66,6 +66,7 @@ def write_metrics(path: Path, frame: pd.DataFrame) -> None:
 
 
 def build_metadata(config: RunConfig, result: TrainResult, run_id: str) -> RunMetadata:
+    from asteria_bench import __version__
     from runtime.telemetry import collect_hardware, collect_software, git_revision
 
     return RunMetadata(
@@ -73,7 +74,7 @@ def build_metadata(config: RunConfig, result: TrainResult, run_id: str) -> RunMe
         kind="measured",
         created_utc=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         hardware=collect_hardware(),
-        software=collect_software(),
+        software=collect_software(__version__),
         optimizer=config.optim.name,
         hyperparameters=result.hyperparameters,
         model=result.model_shape,

@@ -5,10 +5,17 @@ Where things live:
 - ``runtime.matrix_functions``: pure matrix math (eigh with fp64 retry, inverse
   roots, warm-started QR refresh). No optimizer state, no I/O.
 - ``runtime.blocking``: how a parameter is cut into blocks, and their ids.
-- ``runtime.optim``: the optimizer shell and the Shampoo / SOAP / KL-Shampoo
-  block rules; ``runtime.optim.adamw`` is the 1-D fallback.
-- ``runtime.state``: the state store every optimizer tensor lives in.
-- ``runtime.refresh``: amortized refresh jobs (snapshot, compute, install).
+- ``runtime.plan``: the torch-free plan the runtime and the simulator share:
+  each optimizer's block spec (slots, reference staleness, phase order, due
+  rule), the cost model of ALGORITHMS.md §8 and owner assignment over ranks.
+- ``runtime.optim``: the optimizer shell, which runs each block's phases in
+  the plan's order, and the Shampoo / SOAP / KL-Shampoo block rules;
+  ``runtime.optim.adamw`` is the 1-D fallback.
+- ``runtime.state``: the ``StateStore`` interface and the all-on-device store;
+  ``runtime.tiers`` the tiered one (device / host / NVMe, ``runtime.spill``).
+- ``runtime.refresh``: amortized work in three objects: an executor (who
+  computes: inline, host threads, a CUDA stream), a publisher (how results
+  move between ranks) and the install queue (when they are installed).
 - ``runtime.execution``: ``ExecutionConfig``, the one keyword-only argument
   through which placement, staleness and tracing plug into an optimizer.
 - ``runtime.policies``: placement and staleness policies (no torch; the
@@ -16,7 +23,7 @@ Where things live:
 - ``runtime.telemetry``: hardware metadata and host/GPU counters.
 
 This module stays light: the optimizers are imported lazily so that
-``import runtime.policies`` never pulls in torch.
+``import runtime.plan`` and ``import runtime.policies`` never pull in torch.
 """
 
 from __future__ import annotations

@@ -13,10 +13,14 @@ only in the way ALGORITHMS.md §6 defines: a refresh applied later.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
+from runtime.policies.placement import PlacementPolicy
 from runtime.policies.staleness import StalenessPolicy, Sync
 from traces.recorder import NULL_RECORDER, Recorder
+
+if TYPE_CHECKING:
+    from runtime.spill import SpillStore
 
 ROOT_DEVICES = ("host", "device")
 
@@ -44,10 +48,10 @@ class ExecutionConfig:
     root_device: str = "host"
     stagger: bool = False
     hooks: bool = True
-    placement: Any = None  # a runtime.policies.placement policy; None: all state on the device
+    placement: PlacementPolicy | None = None  # None: all state on the device, nothing tiered
     device_budget_bytes: int | None = None  # None: no limit (GPU: its free memory)
     host_budget_bytes: int | None = None
-    spill: Any = None  # a runtime.spill.SpillStore for the NVMe tier
+    spill: SpillStore | None = None  # the NVMe tier; None: no NVMe tier
     recorder: Recorder = field(default=NULL_RECORDER, compare=False, repr=False)
     trace_blocks: bool = True
 

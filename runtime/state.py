@@ -6,25 +6,32 @@ block's state is a typed dataclass whose fields are the block's *slots*; the
 ``SlotKind`` of a field says how it is used over its lifetime (what the tier
 manager places by), and state dicts are built from those fields, so nothing is
 hidden from a checkpoint.
+
+``StateStore`` is the interface the optimizer shell calls (the plain
+``DeviceStateStore`` here, ``runtime.tiers.TieredStateStore`` for tiers); slot
+kinds come from the plan (``runtime.plan.kinds``), the one vocabulary the
+placement policies and the simulator use too.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from enum import Enum
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 
+from runtime.plan.kinds import SlotKind
 
-class SlotKind(str, Enum):
-    """How a slot is touched, which is what placement decides by."""
-
-    FACTOR = "factor"  # written every step (L, R, S_L, S_R)
-    BASIS = "basis"  # read every step, written at refresh (Q_L, Q_R)
-    ROOT = "root"  # read every step, written at refresh (Shampoo's L̃, R̃)
-    MOMENT = "moment"  # read and written every step (M, V, d)
+__all__ = [
+    "DeviceStateStore",
+    "SlotKind",
+    "StateStore",
+    "slot",
+    "slot_kinds",
+    "state_bytes",
+    "state_tensors",
+]
 
 
 def slot(kind: SlotKind) -> Any:
@@ -55,17 +62,42 @@ def state_bytes(state: Any) -> int:
     return sum(t.numel() * t.element_size() for t in state_tensors(state).values())
 
 
-class StateStore:
-    """Block id -> typed block state, all on the compute device.
+@runtime_checkable
+class StateStore(Protocol):
+    """Where an optimizer's block states live, as the optimizer shell uses it.
 
-    The tiered store of the placement work keeps this interface: ``get`` returns
-    the state with every tensor on the device, whatever tier held it before.
+    ``get`` returns a block's state with every tensor its update needs on the
+    compute device, whatever tier held it; ``release`` hands the (possibly
+    updated or replaced) state back after the update; ``prefetch`` stages a
+    block early (from a backward hook) and returns the bytes staged;
+    ``step_boundary`` runs before each step (placement decisions, counters).
     """
+
+    def __contains__(self, block_id: object) -> bool: ...
+    def __len__(self) -> int: ...
+    def put(self, block_id: str, state: Any) -> None: ...
+    def get(self, block_id: str) -> Any: ...
+    def release(self, block_id: str, view: Any) -> None: ...
+    def prefetch(self, block_id: str) -> int: ...
+    def step_boundary(self, step: int) -> None: ...
+    def items(self) -> Iterator[tuple[str, Any]]: ...
+    def total_bytes(self) -> int: ...
+    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]: ...
+    def load_state_dict(
+        self,
+        blocks: dict[str, dict[str, torch.Tensor]],
+        state_types: dict[str, type],
+        devices: dict[str, torch.device],
+    ) -> None: ...
+
+
+class DeviceStateStore:
+    """Block id -> typed block state, all on the compute device (no tiers, nothing moves)."""
 
     def __init__(self) -> None:
         self._states: dict[str, Any] = {}
 
-    def __contains__(self, block_id: str) -> bool:
+    def __contains__(self, block_id: object) -> bool:
         return block_id in self._states
 
     def __len__(self) -> int:
@@ -76,6 +108,15 @@ class StateStore:
 
     def get(self, block_id: str) -> Any:
         return self._states[block_id]
+
+    def release(self, block_id: str, view: Any) -> None:
+        """Nothing to write back: ``get`` handed out the resting state itself."""
+
+    def prefetch(self, block_id: str) -> int:
+        return 0
+
+    def step_boundary(self, step: int) -> None:
+        """Nothing is placed: every slot rests on the device."""
 
     def items(self) -> Iterator[tuple[str, Any]]:
         return iter(self._states.items())

@@ -120,22 +120,18 @@ def collect_hardware() -> HardwareInfo:
 
 
 def _package_version() -> str:
-    """The installed distribution's version, else the source tree's ``__version__``.
+    """The installed distribution's version ("unknown" in a source tree that was never installed).
 
-    Imported by name at call time only: ``runtime`` must not depend on the CLI
-    package, and a source checkout without ``pip install`` still reports a version.
+    The runtime does not import the CLI package to ask it: layers import one
+    way only. Callers that know better pass ``package_version``.
     """
     try:
         return importlib.metadata.version("asteria-bench")
     except importlib.metadata.PackageNotFoundError:
-        pass
-    try:
-        return str(importlib.import_module("asteria_bench").__version__)
-    except Exception:
         return "unknown"
 
 
-def collect_software() -> SoftwareInfo:
+def collect_software(package_version: str | None = None) -> SoftwareInfo:
     """Versions that decide the numbers a run produces."""
     import torch
 
@@ -143,7 +139,7 @@ def collect_software() -> SoftwareInfo:
         python=platform.python_version(),
         torch=str(torch.__version__),
         platform=platform.platform(),
-        asteria_bench=_package_version(),
+        asteria_bench=package_version or _package_version(),
         cuda=torch.version.cuda,
     )
 

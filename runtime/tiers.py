@@ -43,12 +43,12 @@ from runtime.policies.placement import (
     link_of_gpu,
 )
 from runtime.policies.placement import LinkKind as PolicyLink
-from runtime.state import StateStore, slot_kinds
+from runtime.state import DeviceStateStore, slot_kinds
 from traces.recorder import Recorder
 from traces.schema import Category, Tier
 
 
-class TieredStateStore(StateStore):
+class TieredStateStore(DeviceStateStore):
     """Block id -> typed state, each slot resting on the tier its policy chose.
 
     ``spill`` is an object with ``write(key, tensor)``, ``read(key) -> tensor``

@@ -1,7 +1,9 @@
 """The discrete-event simulator (SimPy). Never imports torch; of ``runtime`` it
-imports only ``runtime.policies``, so one policy object drives both."""
+imports only the torch-free ``runtime.plan`` (block specs, cost model, owner
+assignment) and ``runtime.policies``, so one plan and one policy object drive
+both (``tests/test_layering.py`` checks it)."""
 
-from simulator.costmodel import CostConfig, Optimizer, roofline_time_s
+from runtime.plan.costmodel import CostConfig, Optimizer, roofline_time_s
 from simulator.profiles import (
     HardwareProfile,
     LinkKind,

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from simulator.costmodel import (
+from runtime.plan.costmodel import (
     CostConfig,
     Optimizer,
     block_hot_path_bytes,

@@ -19,7 +19,10 @@ all-reduce holds the network links (``Links.allreduce``) after backward.
 
 The staleness and placement policies are the runtime's own objects
 (``runtime.policies``): the same ``install_step`` and ``place`` decide here what
-they decide on real tensors. The simulated run is written with a
+they decide on real tensors. Each block's work follows its optimizer's plan
+(``runtime.plan.spec``): the phases in the runtime's order and the same due
+rule. The hot path is one op, timed where the preconditioning runs (the
+statistics phase adds no op of its own). The simulated run is written with a
 ``traces.Recorder`` whose clock is SimPy's, so it is a trace in the same schema
 as a measured one.
 """
@@ -32,6 +35,7 @@ from typing import Any
 import numpy as np
 import simpy
 
+from runtime.plan.spec import Phase
 from runtime.policies.staleness import StalenessPolicy, Sync
 from simulator.links import LinkBusy, Links
 from simulator.tiering import TRAINING_TRACK, StaticStaging, TieredState, Tiering
@@ -76,17 +80,6 @@ class _Job:
     duration_ns: int
 
 
-def refresh_due(model: WorkloadModel, ordinal: int, t: int, stagger: bool) -> bool:
-    """The runtime's due rule (``BlockedOptimizer._refresh_due`` and Shampoo's t0)."""
-    f = model.precondition_frequency
-    offset = ordinal % f if stagger else 0
-    periodic = t % f == offset
-    if model.optimizer == "shampoo":
-        t0 = model.start_preconditioning_step
-        return t == t0 or (t > t0 and periodic)
-    return periodic
-
-
 def simulate(
     model: WorkloadModel, config: SimConfig, recorder: Recorder | None = None
 ) -> SimResult:
@@ -95,6 +88,9 @@ def simulate(
     if recorder is not None:
         rec.clock = lambda: int(env.now)
     policy = config.staleness
+    spec = model.spec
+    phases = spec.phases
+    block_config = model.block_config(config.stagger)
     host_workers: simpy.Store = simpy.Store(env)
     device = simpy.PriorityResource(env, capacity=1)
     contended = config.jobs_on_device and policy.asynchronous
@@ -269,18 +265,13 @@ def simulate(
             updates += 1
             t = updates
             for ordinal, block in enumerate(model.blocks):
-                due = refresh_due(model, ordinal, t, config.stagger)
-                if (
-                    model.reference_tau == 0
-                ):  # Shampoo: roots inside the step, before preconditioning
-                    if due:
-                        yield from submit(block, t, step)
-                    installed = yield from install_due(block, t, step, index)
-                    yield from update(block, step, index, installed)
-                else:
-                    installed = yield from install_due(block, t, step, index)
-                    yield from update(block, step, index, installed)
-                    if due:
+                installed = 0
+                for phase in phases:
+                    if phase is Phase.INSTALL:
+                        installed = yield from install_due(block, t, step, index)
+                    elif phase is Phase.PRECONDITION:
+                        yield from update(block, step, index, installed)
+                    elif phase is Phase.REFRESH and spec.refresh_due(t, ordinal, block_config):
                         yield from submit(block, t, step)
             yield env.timeout(model.step.optimizer_other_ns)
             if tiered is not None:  # the runtime's step boundary, inside optimizer.step()
@@ -331,6 +322,22 @@ def simulate(
     )
 
 
+def due_matrix(model: WorkloadModel, t: np.ndarray, stagger: bool) -> np.ndarray:
+    """due[i, k]: block k's refresh is due at update count t[i], by the plan's schedules.
+
+    ``RefreshSchedule.due`` vectorized over steps; t < 1 (the skipped first call) is never due.
+    """
+    config = model.block_config(stagger)
+    schedules = [model.spec.schedule(k, config) for k in range(len(model.blocks))]
+    frequency = np.array([s.frequency for s in schedules], dtype=np.int64)
+    offset = np.array([s.offset for s in schedules], dtype=np.int64)
+    first = np.array([s.first for s in schedules], dtype=np.int64)
+    tt = t[:, None]
+    periodic = (tt % frequency[None, :]) == offset[None, :]
+    due = (tt == first[None, :]) | ((tt > first[None, :]) & periodic)
+    return due & (tt >= 1)
+
+
 def fast_sync_step_ns(
     model: WorkloadModel,
     steps: int,
@@ -344,7 +351,6 @@ def fast_sync_step_ns(
     ``staging`` (``tiering.static_staging``) adds a static placement's copies,
     made on the training thread (``SimConfig.overlap=False``).
     """
-    n_blocks = len(model.blocks)
     index = np.arange(steps)
     step_numbers = index + 1
     offset = 1 if (model.skips_first_call and model.step.first_step_ns) else 0
@@ -361,13 +367,7 @@ def fast_sync_step_ns(
     out = np.full(steps, base, dtype=np.int64)
     refresh = np.array([b.refresh_ns for b in model.blocks], dtype=np.int64)
     install = np.array([b.install_ns for b in model.blocks], dtype=np.int64)
-    f = model.precondition_frequency
-    offsets = (np.arange(n_blocks) % f) if stagger else np.zeros(n_blocks, dtype=np.int64)
-    due = (t[:, None] % f) == offsets[None, :]
-    if model.optimizer == "shampoo":
-        t0 = model.start_preconditioning_step
-        due = (t[:, None] == t0) | ((t[:, None] > t0) & due)
-    due &= t[:, None] >= 1
+    due = due_matrix(model, t, stagger)
     out += due.astype(np.int64) @ refresh
     installed = np.zeros_like(due)
     tau = model.reference_tau

@@ -5,14 +5,12 @@ block's state to its placement policy as a ``SlotInfo``; this module builds
 the same description for a simulated workload, so that the runtime's policy
 objects (``runtime.policies``) decide here what they decide on real tensors.
 
-Slot names and kinds are those of the runtime's state classes (SOAP: ``L``,
-``R``, ``QL``, ``QR``, ``M``, ``V``; Shampoo: ``L_root`` and ``R_root`` for the
-roots; KL-Shampoo: ``dL``, ``dR`` and ``M`` for its moments). Sizes follow
-ALGORITHMS.md §8 (``costmodel.block_state``): fp32 words of 4 bytes, a side
-longer than the rotation limit carries no factor and no basis. A workload
+Slot names, kinds and shapes come from the plan (``runtime.plan.spec``), the
+same description the runtime's state classes are checked against: fp32
+words of 4 bytes, a side longer than the rotation limit carries no factor
+and no basis, Shampoo's ``root_failures`` counter is 8 bytes. A workload
 block that stands for ``count`` identical blocks (one per layer) has slots
-``count`` times as large; its copies are staged together. Shampoo's
-``root_failures`` counter (8 bytes) is left out.
+``count`` times as large; its copies are staged together.
 """
 
 from __future__ import annotations
@@ -20,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
+from runtime.plan.costmodel import CostConfig, Optimizer
+from runtime.plan.spec import spec_of
 from runtime.policies.placement import (
     Move,
     PlacementPolicy,
@@ -28,7 +28,6 @@ from runtime.policies.placement import (
     apply_moves,
     tier_bytes,
 )
-from simulator.costmodel import WORD_BYTES, CostConfig, Optimizer
 from traces.schema import Tier
 
 UNLIMITED_BYTES = 1 << 62
@@ -86,9 +85,6 @@ class MemoryBudget:
         return sum(o.nbytes for o in self.device_occupancy if o.first_step <= step <= o.last_step)
 
 
-_BASES = {Optimizer.SHAMPOO: ("L_root", "R_root"), Optimizer.SOAP: ("QL", "QR")}
-
-
 def block_slot_bytes(
     rows: int,
     cols: int,
@@ -100,37 +96,11 @@ def block_slot_bytes(
 ) -> tuple[SlotBytes, ...]:
     """The slots of one rows × cols block (times ``count``), in the runtime's field order.
 
-    Their bytes add up to ``costmodel.block_state(rows, cols, ...)`` times ``count``.
+    ``max_precond_dim`` and ``grafting`` mean what they mean in ``CostConfig``.
     """
     config = CostConfig(Optimizer(optimizer), max_precond_dim=max_precond_dim, grafting=grafting)  # type: ignore[arg-type]
-    opt = config.optimizer
-    if opt is Optimizer.ADAMW:
-        return (
-            SlotBytes("M", SlotKind.MOMENT, WORD_BYTES * rows * cols * count),
-            SlotBytes("V", SlotKind.MOMENT, WORD_BYTES * rows * cols * count),
-        )
-    limit = config.rotation_limit
-    sides = [(name, d) for name, d in (("L", rows), ("R", cols)) if limit is None or d <= limit]
-    bases = _BASES.get(opt, ("QL", "QR"))
-    out = [SlotBytes(name, SlotKind.FACTOR, WORD_BYTES * d * d * count) for name, d in sides]
-    out += [
-        SlotBytes(bases[0] if name == "L" else bases[1], SlotKind.BASIS, WORD_BYTES * d * d * count)
-        for name, d in sides
-    ]
-    if opt is Optimizer.SHAMPOO:
-        out = [replace(s, kind=SlotKind.ROOT) if s.kind is SlotKind.BASIS else s for s in out]
-    ab = WORD_BYTES * rows * cols * count
-    if opt is Optimizer.KL_SHAMPOO:
-        out += [
-            SlotBytes("dL", SlotKind.MOMENT, WORD_BYTES * rows * count),
-            SlotBytes("dR", SlotKind.MOMENT, WORD_BYTES * cols * count),
-            SlotBytes("M", SlotKind.MOMENT, ab),
-        ]
-    else:
-        out.append(SlotBytes("M", SlotKind.MOMENT, ab))
-        if opt is Optimizer.SOAP or grafting:
-            out.append(SlotBytes("V", SlotKind.MOMENT, ab))
-    return tuple(out)
+    slots = spec_of(config.optimizer.value).slots(rows, cols, config.block_config())
+    return tuple(SlotBytes(s.name, s.kind, s.nbytes() * count) for s in slots)
 
 
 class SlotTable:

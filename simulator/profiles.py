@@ -48,6 +48,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from runtime.plan.kinds import LinkKind
+
 __all__ = [
     "PROFILES_DIR",
     "PROFILE_FORMAT_VERSION",
@@ -88,14 +90,6 @@ class Basis(str, Enum):
     STATED = "stated"  # stated by the cited source ([S])
     ASSUMED = "assumed"  # inferred or estimated ([I]); reports show it as an assumption
     MEASURED = "measured"  # measured on the machine by ``asteria-bench profile``
-
-
-class LinkKind(str, Enum):
-    """How the CPU and the GPU reach each other's memory."""
-
-    PCIE = "pcie"  # discrete GPU; copies cross PCIe
-    NVLINK_C2C = "nvlink-c2c"  # coherent chip-to-chip link, separate memories (GH200)
-    UNIFIED = "unified"  # one physical memory shared by CPU and GPU (GB10)
 
 
 @dataclass(frozen=True)

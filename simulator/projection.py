@@ -12,20 +12,24 @@ group's refresh is one job (all layers' copies of that block), which is the
 granularity the runtime's workers would pick up anyway.
 
 Data parallelism: every rank runs the same forward and backward; gradients
-are all-reduced (ring, bf16). Blocks are owned round-robin: with
-``shard_optimizer`` (Distributed Shampoo's layout, the default) a rank runs
-the hot path and the refreshes of its own blocks only and the updated
-parameters are all-gathered; without it every rank runs every block's hot
-path and 1/ranks of the refreshes. Publication of refreshed bases is off the
-critical path (asynchronous collectives); its bytes are reported.
+are all-reduced (ring, bf16). Blocks are owned as the runtime assigns them
+(``runtime.plan.ownership.assign_owners``: greedy LPT over the ranks, by the
+§8 cost of what the owner does): with ``shard_optimizer`` (Distributed
+Shampoo's layout, the default) a rank runs the hot path and the refreshes of
+its own blocks only and the updated parameters are all-gathered; without it
+every rank runs every block's hot path and the refreshes of its own. The
+simulated rank is the most loaded one, which sets the step time.
+Publication of refreshed bases is off the critical path (asynchronous
+collectives); its bytes are reported.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from simulator.costmodel import (
+from runtime.plan.costmodel import (
     WORD_BYTES,
+    BlockSpec,
     CostConfig,
     Optimizer,
     block_hot_path_bytes,
@@ -36,10 +40,11 @@ from simulator.costmodel import (
     fwd_bwd_flops,
     roofline_time_s,
 )
+from runtime.plan.ownership import BlockWork, Topology, assign_owners
 from simulator.placement_model import block_slot_bytes
 from simulator.profiles import HardwareProfile, LinkKind
 from simulator.shapes import ModelShape
-from simulator.workload import REFERENCE_TAU, SKIPS_FIRST_CALL, BlockCost, StepCost, WorkloadModel
+from simulator.workload import BlockCost, StepCost, WorkloadModel
 
 NS = 1e9
 
@@ -160,11 +165,13 @@ def project(
     else:
         config = CostConfig(Optimizer(name), block_size=deploy.block_size)
         optimizer_other_s = 0.0
-        for ordinal, spec in enumerate(blocks_of(shape, deploy.block_size)):
+        specs = blocks_of(shape, deploy.block_size)
+        owners = _owners(specs, config, deploy, sharded)
+        for spec in specs:
             a, b, count = spec.rows, spec.cols, spec.count
             hot_flops = block_hot_path_flops(a, b, config) * count
             hot_bytes = block_hot_path_bytes(a, b, config).total_bytes * count
-            owned = ordinal % deploy.ranks == 0
+            owned = owners[_group_id(spec)]
             runs_hot_path = owned or not sharded
             hot_s = (
                 roofline_time_s(hot_flops, hot_bytes, gpu.fp32_flops.value, hbm)
@@ -191,7 +198,7 @@ def project(
                 install_s = basis_bytes / (hbm * eff.copy)
             blocks.append(
                 BlockCost(
-                    id=f"{spec.matrix}.r{spec.row}.c{spec.col}",
+                    id=_group_id(spec),
                     shape=(a, b),
                     hot_ns=_ns(hot_s / eff.optimizer),
                     refresh_ns=_ns(refresh_flops / rate) if owned else 0,
@@ -215,8 +222,6 @@ def project(
         optimizer=name,
         precondition_frequency=deploy.precondition_frequency,
         start_preconditioning_step=deploy.precondition_frequency,
-        reference_tau=REFERENCE_TAU.get(name, 0),
-        skips_first_call=SKIPS_FIRST_CALL.get(name, False) and False,
         step=StepCost(
             forward_ns=_ns(compute_s / 3),
             backward_ns=_ns(2 * compute_s / 3),
@@ -235,3 +240,28 @@ def project(
         lower_bound_step_ns=_ns(bound_s),
         state_bytes_per_rank=state_bytes,
     )
+
+
+def _group_id(spec: BlockSpec) -> str:
+    return f"{spec.matrix}.r{spec.row}.c{spec.col}"
+
+
+def _owners(
+    specs: list[BlockSpec], config: CostConfig, deploy: Deployment, sharded: bool
+) -> dict[str, bool]:
+    """Whether the simulated rank (the most loaded) owns each block group.
+
+    The owner's work per step: the refresh over f, plus the hot path when
+    updates are sharded; its memory: the group's state when sharded.
+    """
+    work = []
+    for spec in specs:
+        a, b, count = spec.rows, spec.cols, spec.count
+        cost = block_refresh_flops(a, b, config) / deploy.precondition_frequency
+        if sharded:
+            cost += block_hot_path_flops(a, b, config)
+        nbytes = block_state(a, b, config).bytes * count if sharded else 0
+        work.append(BlockWork(_group_id(spec), cost * count, nbytes))
+    assignment = assign_owners(work, Topology(deploy.ranks, deploy.gpus_per_node))
+    busiest = max(range(deploy.ranks), key=lambda r: (assignment.load[r], -r))
+    return {block: owner == busiest for block, owner in assignment.owners.items()}

@@ -15,12 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from runtime.plan.spec import BlockConfig, OptimizerSpec, spec_of
 from simulator.placement_model import SlotBytes, block_slot_bytes
 from traces.io import Trace
 from traces.schema import Category
 
-REFERENCE_TAU = {"shampoo": 0, "soap": 1, "kl-shampoo": 1}
-SKIPS_FIRST_CALL = {"shampoo": False, "soap": True, "kl-shampoo": True, "adamw": False}
 _TRAINING_ONLY = ("refresh", "install", "snapshot", "wait_refresh", "factor_update", "precondition")
 
 
@@ -60,13 +59,39 @@ class StepCost:
 
 @dataclass(frozen=True)
 class WorkloadModel:
+    """A run's costs; its schedule (reference τ, phases, due steps) is the optimizer's plan."""
+
     optimizer: str
     precondition_frequency: int
     start_preconditioning_step: int
-    reference_tau: int
-    skips_first_call: bool
     step: StepCost
     blocks: tuple[BlockCost, ...]
+
+    def __post_init__(self) -> None:
+        try:
+            spec_of(self.optimizer)
+        except ValueError as exc:
+            raise WorkloadError(str(exc)) from None
+
+    @property
+    def spec(self) -> OptimizerSpec:
+        return spec_of(self.optimizer)
+
+    @property
+    def reference_tau(self) -> int:
+        return self.spec.reference_tau
+
+    @property
+    def skips_first_call(self) -> bool:
+        return self.spec.skips_first_call
+
+    def block_config(self, stagger: bool) -> BlockConfig:
+        """The plan's schedule inputs: frequency, Shampoo's t0, staggering."""
+        return BlockConfig(
+            precondition_frequency=self.precondition_frequency,
+            start_preconditioning_step=self.start_preconditioning_step,
+            stagger=stagger,
+        )
 
     @property
     def hot_ns(self) -> int:
@@ -135,8 +160,6 @@ def workload_from_trace(trace: Trace) -> WorkloadModel:
         optimizer=meta.optimizer,
         precondition_frequency=frequency,
         start_preconditioning_step=t0,
-        reference_tau=REFERENCE_TAU.get(meta.optimizer, 0),
-        skips_first_call=SKIPS_FIRST_CALL.get(meta.optimizer, False),
         step=StepCost(
             forward_ns=_median(forward),
             backward_ns=_median(backward),

@@ -19,7 +19,7 @@ import torch
 import runtime.optim.soap as soap_module
 from runtime import SOAP, ExecutionConfig, KLShampoo, Shampoo
 from runtime.policies.staleness import Adaptive, Bounded, Replay, Sync
-from runtime.refresh import RefreshError
+from runtime.refresh import InlineExecutor, RefreshError
 from traces.recorder import Recorder
 
 OPTIMIZERS = {
@@ -117,12 +117,12 @@ def test_slow_workers_make_the_step_wait_and_the_bound_holds(
         time.sleep(0.05)
         return real(inputs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(soap_module, "compute_soap_refresh", slow)
+    monkeypatch.setattr(SOAP, "compute_refresh", slow)
     recorder = Recorder()
     slow_run = train(
         "soap", ExecutionConfig(staleness=Bounded(2), workers=1, recorder=recorder), steps=30
     )
-    monkeypatch.setattr(soap_module, "compute_soap_refresh", real)
+    monkeypatch.setattr(SOAP, "compute_refresh", real)
     delayed = train("soap", ExecutionConfig(staleness=DelayedSync(2)), steps=30)
     assert max_rel_error(slow_run, delayed) <= 1e-6
     waits = [s for s in recorder.spans if s.name == "wait_refresh"]
@@ -135,7 +135,7 @@ def test_worker_exception_surfaces_with_block_and_version(monkeypatch: pytest.Mo
     def broken(inputs: object) -> object:
         raise FloatingPointError("synthetic failure")
 
-    monkeypatch.setattr(soap_module, "compute_soap_refresh", broken)
+    monkeypatch.setattr(SOAP, "compute_refresh", broken)
     with pytest.raises(
         RefreshError, match=r"block p\d+\.r0\.c0 version 3 failed.*synthetic failure"
     ):
@@ -178,7 +178,8 @@ def test_adaptive_policy_picks_tau_from_measured_job_time() -> None:
 
 def test_sync_policy_never_uses_workers() -> None:
     opt = SOAP(make_model().parameters())
-    assert opt.scheduler._workers is None
+    assert isinstance(opt.pipeline.executor, InlineExecutor)
+    assert not opt.pipeline.executor.asynchronous
     assert isinstance(opt.execution.staleness, Sync)
 
 

@@ -26,8 +26,6 @@ def model(
         optimizer=optimizer,
         precondition_frequency=f,
         start_preconditioning_step=f,
-        reference_tau=0 if optimizer == "shampoo" else 1,
-        skips_first_call=optimizer != "shampoo",
         step=StepCost(
             forward_ns=10 * MS,
             backward_ns=20 * MS,

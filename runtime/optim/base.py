@@ -3,10 +3,12 @@
 The shell orchestrates; the subclasses hold the math. It cuts every parameter
 into blocks (``runtime.blocking``), keeps every state tensor in the state store
 (``runtime.state``), routes 1-D parameters to the AdamW fallback, hands
-amortized work to the refresh scheduler (``runtime.refresh``) and records
-spans. Subclasses implement four hooks per matrix block: ``_init_block``,
-``_block_step``, plus the pure ``compute_refresh`` and ``_install`` pair that
-the scheduler calls.
+amortized work to the refresh pipeline (``runtime.refresh``) and records
+spans. What a block holds and in which order its work runs come from the
+optimizer's plan (``spec``, a ``runtime.plan.OptimizerSpec``): for every
+matrix block the shell runs the plan's phases, and subclasses implement them:
+``_init_block``, ``_statistics``, ``_precondition``, ``_refresh_inputs`` with
+the pure ``compute_refresh``, and ``_install``.
 
 Step-counter convention (stated once): t counts parameter updates and starts at
 1. Optimizers with ``skips_first_call`` use a parameter's first gradient only to
@@ -25,12 +27,17 @@ from runtime.blocking import Block, block_view, matrix_view, partition
 from runtime.execution import ExecutionConfig
 from runtime.matrix_functions import check_fp32_matmul_precision
 from runtime.optim.adamw import AdamWState, adamw_step, init_adamw_state
-from runtime.refresh import RefreshScheduler
-from runtime.state import StateStore
-from runtime.workers import RefreshWorkers
+from runtime.plan.costmodel import factor_refresh_flops
+from runtime.plan.kinds import SlotKind
+from runtime.plan.ownership import BlockWork
+from runtime.plan.spec import BlockConfig, OptimizerSpec, Phase
+from runtime.refresh import RefreshPipeline, build_pipeline
+from runtime.state import DeviceStateStore, StateStore
 from traces.schema import Category
 
 _warned_tf32 = False
+_RESULT_KINDS = frozenset({SlotKind.BASIS, SlotKind.ROOT})
+"""Slots a refresh replaces; its snapshot holds them and the factors, its shadow result them."""
 
 
 def state_dtype(param: torch.Tensor) -> torch.dtype:
@@ -57,11 +64,22 @@ def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None
 class BlockedOptimizer(torch.optim.Optimizer):
     """A ``torch.optim.Optimizer`` whose matrix parameters are updated per block."""
 
+    spec: ClassVar[OptimizerSpec]
+    """The plan of this optimizer's blocks: slots, reference staleness, phases, schedule."""
     reference_tau: ClassVar[int]
-    """Staleness of the synchronous reference (§6): 0 for Shampoo, 1 for SOAP / KL."""
+    """Staleness of the synchronous reference (§6): 0 for Shampoo, 1 for SOAP / KL (from ``spec``)."""
     skips_first_call: ClassVar[bool]
     block_state_type: ClassVar[type]
     refresh_result_type: ClassVar[type]
+    compute_refresh: ClassVar[Callable[[Any], Any]]
+    """The pure amortized computation: refresh inputs -> refresh result, on any thread."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        spec = cls.__dict__.get("spec")
+        if spec is not None:
+            cls.reference_tau = spec.reference_tau
+            cls.skips_first_call = spec.skips_first_call
 
     def __init__(
         self,
@@ -79,10 +97,9 @@ class BlockedOptimizer(torch.optim.Optimizer):
         self.execution = execution if execution is not None else ExecutionConfig()
         self._recorder = self.execution.recorder
         self._trace_blocks = self.execution.trace_blocks and self._recorder.enabled
-        self.store: StateStore = StateStore()
-        self.scheduler = self._make_scheduler()
+        self.store: StateStore = DeviceStateStore()
         self._calls = 0
-        self._stagger: dict[str, int] = {}
+        self._ordinal: dict[str, int] = {}
         self._active_version: dict[str, int] = {}
         self.blocks: list[Block] = []
         self._param_blocks: dict[int, list[Block]] = {}
@@ -100,7 +117,10 @@ class BlockedOptimizer(torch.optim.Optimizer):
                 self.blocks.extend(blocks)
                 index += 1
         matrix_blocks = [b for b in self.blocks if b.is_matrix]
-        self._stagger = {b.id: ordinal for ordinal, b in enumerate(matrix_blocks)}
+        self._ordinal = {b.id: ordinal for ordinal, b in enumerate(matrix_blocks)}
+        self.pipeline: RefreshPipeline = build_pipeline(
+            self.execution, self._recorder, (p.device for p in self._params)
+        )
         if self.execution.placement is not None:
             self.store = self._make_tiered_store()
         self._hook_handles: list[Any] = []
@@ -113,25 +133,6 @@ class BlockedOptimizer(torch.optim.Optimizer):
             warnings.warn(message, stacklevel=2)
             _warned_tf32 = True
 
-    def _make_scheduler(self) -> RefreshScheduler:
-        execution = self.execution
-        if not execution.staleness.asynchronous:
-            return RefreshScheduler(execution.staleness, self._recorder)
-        root_device = None
-        priority = None
-        devices = {p.device.type for g in self.param_groups for p in g["params"]}
-        if execution.root_device == "host":
-            root_device = torch.device("cpu")
-        elif devices != {"cuda"}:
-            raise ValueError("root_device='device' needs parameters on a CUDA device")
-        else:
-            # (least, greatest): numerically larger is lower priority
-            priority = torch.cuda.Stream.priority_range()[0]  # type: ignore[call-arg]
-        workers = RefreshWorkers(execution.workers, self._recorder, cuda_stream_priority=priority)
-        return RefreshScheduler(
-            execution.staleness, self._recorder, workers=workers, root_device=root_device
-        )
-
     def _register_hooks(self) -> None:
         for p in self._params:
             if p.requires_grad and hasattr(p, "register_post_accumulate_grad_hook"):
@@ -143,19 +144,18 @@ class BlockedOptimizer(torch.optim.Optimizer):
         pstate = self.state.get(p)
         if not pstate or "step" not in pstate:
             return
-        prefetch = getattr(self.store, "prefetch", None)
-        if prefetch is not None:
-            for block in self._param_blocks[index]:
-                prefetch(block.id)
+        for block in self._param_blocks[index]:
+            self.store.prefetch(block.id)
         next_t = pstate["step"] + 1
         for block in self._param_blocks[index]:
-            if block.is_matrix and self.scheduler.prefetch(block.id, next_t, p.device):
+            if block.is_matrix and self.pipeline.prefetch(block.id, next_t, p.device):
                 self._recorder.counter("prefetched", 1, step=self._calls + 1, key=block.id)
 
     def _make_tiered_store(self) -> StateStore:
         from runtime.tiers import BudgetError, TieredStateStore
 
         execution = self.execution
+        assert execution.placement is not None
         device = self._params[0].device if self._params else torch.device("cpu")
         unlimited = 1 << 62
         device_budget = execution.device_budget_bytes or unlimited
@@ -173,7 +173,8 @@ class BlockedOptimizer(torch.optim.Optimizer):
                 continue
             group = self._group_of[block.param_index]
             element = torch.finfo(state_dtype(self._params[block.param_index])).bits // 8
-            needed = self._hot_working_set_bytes(block, group, element)
+            slots = self.spec.slots(*block.shape, self._block_config(group))
+            needed = sum(s.nbytes(element) for s in slots)
             if needed > device_budget:
                 raise BudgetError(
                     f"device budget {device_budget} bytes is smaller than block {block.id}'s hot working set"
@@ -181,33 +182,67 @@ class BlockedOptimizer(torch.optim.Optimizer):
                 )
         return store
 
-    def _hot_working_set_bytes(self, block: Block, group: dict[str, Any], element_size: int) -> int:
-        """Bytes of every slot a block's update computes on (all staged at once)."""
-        raise NotImplementedError
-
     def close(self) -> None:
         """Join the refresh workers; the optimizer can still checkpoint, not step."""
-        self.scheduler.close()
+        self.pipeline.close()
         for handle in self._hook_handles:
             handle.remove()
         self._hook_handles.clear()
 
     def __del__(self) -> None:
-        scheduler = getattr(self, "scheduler", None)
-        if scheduler is not None:
-            scheduler.close()
+        pipeline = getattr(self, "pipeline", None)
+        if pipeline is not None:
+            pipeline.close()
 
-    def _refresh_due(self, block: Block, t: int, frequency: int) -> bool:
-        """Every ``frequency`` updates; with staggering, at t ≡ block ordinal (mod f)."""
-        offset = self._stagger[block.id] % frequency if self.execution.stagger else 0
-        return t % frequency == offset
+    def _block_config(self, group: dict[str, Any]) -> BlockConfig:
+        """The plan's view of a param group: frequency, t0, rotation limit, grafting, stagger."""
+        return BlockConfig(
+            precondition_frequency=group["precondition_frequency"],
+            start_preconditioning_step=group.get("start_preconditioning_step"),
+            max_precond_dim=group.get("max_precond_dim"),
+            grafting=group.get("grafting") != "none",
+            stagger=self.execution.stagger,
+        )
+
+    def block_work(self) -> list[BlockWork]:
+        """Each matrix block's amortized work, priced by the plan's cost model (§8).
+
+        ``cost`` is the refresh's FLOPs; ``nbytes`` what its owner holds for
+        it while it runs (a snapshot of the factors and bases, and the shadow
+        result). This is what ``runtime.plan.assign_owners`` balances over ranks.
+        """
+        out = []
+        for block in self.blocks:
+            if not block.is_matrix:
+                continue
+            group = self._group_of[block.param_index]
+            config = self._block_config(group)
+            if not self.spec.has_refresh(*block.shape, config):
+                continue
+            element = torch.finfo(state_dtype(self._params[block.param_index])).bits // 8
+            slots = self.spec.slots(*block.shape, config)
+            results = sum(s.nbytes(element) for s in slots if s.kind in _RESULT_KINDS)
+            factors = sum(s.nbytes(element) for s in slots if s.kind is SlotKind.FACTOR)
+            cost = sum(
+                factor_refresh_flops(d, self.spec.name)
+                for d in block.shape
+                if self.spec.rotated(d, config)
+            )
+            out.append(BlockWork(block.id, cost, factors + 2 * results))
+        return out
 
     # ----------------------------------------------------------------- hooks
     def _init_block(self, block: Block, g: torch.Tensor, group: dict[str, Any]) -> Any:
         """The state of a matrix block, from its first gradient."""
         raise NotImplementedError
 
-    def _block_step(
+    def _statistics(
+        self, block: Block, state: Any, g: torch.Tensor, group: dict[str, Any], t: int
+    ) -> None:
+        """Phase STATISTICS: the factor statistics from the gradient (hot path)."""
+        raise NotImplementedError
+
+    def _precondition(
         self,
         block: Block,
         state: Any,
@@ -216,6 +251,11 @@ class BlockedOptimizer(torch.optim.Optimizer):
         group: dict[str, Any],
         t: int,
     ) -> None:
+        """Phase PRECONDITION: moments, direction and the parameter update (hot path)."""
+        raise NotImplementedError
+
+    def _refresh_inputs(self, state: Any, group: dict[str, Any], t: int) -> Any:
+        """Phase REFRESH, when due: the inputs of ``compute_refresh`` (None: nothing to refresh)."""
         raise NotImplementedError
 
     def _install(self, block: Block, state: Any, result: Any) -> None:
@@ -242,7 +282,7 @@ class BlockedOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self._calls += 1
-        self.scheduler.begin_step(self._calls)
+        self.pipeline.begin_step(self._calls)
         with self._recorder.span("optimizer_step", Category.OPTIMIZER, step=self._calls):
             for group in self.param_groups:
                 for p in group["params"]:
@@ -250,9 +290,7 @@ class BlockedOptimizer(torch.optim.Optimizer):
                         self._step_param(p, group)
             # The step boundary: placement decides where state rests for the next
             # step now, so that the next backward's prefetch hooks see it.
-            boundary = getattr(self.store, "step_boundary", None)
-            if boundary is not None:
-                boundary(self._calls + 1)
+            self.store.step_boundary(self._calls + 1)
         return loss
 
     # ---------------------------------------------------------- internals
@@ -282,13 +320,13 @@ class BlockedOptimizer(torch.optim.Optimizer):
                 return
         pstate["step"] += 1
         t = pstate["step"]
-        release = getattr(self.store, "release", None)
+        config = self._block_config(group)
         for block in blocks:
             state = self.store.get(block.id)
             wb = block_view(w2, block)
             gb = block_view(g2, block)
             if block.is_matrix:
-                self._block_step(block, state, wb, gb, group, t)
+                self._run_phases(block, state, wb, gb, group, t, config)
                 if self._recorder.enabled:
                     age = t - self._active_version.get(block.id, 0)
                     self._recorder.counter(
@@ -297,20 +335,44 @@ class BlockedOptimizer(torch.optim.Optimizer):
             else:
                 hp = self._fallback_hyperparameters(group)
                 adamw_step(wb, gb, state, step=t, lr=group["lr"], **hp)
-            if release is not None:
-                release(block.id, state)
+            self.store.release(block.id, state)
+
+    def _run_phases(
+        self,
+        block: Block,
+        state: Any,
+        w: torch.Tensor,
+        g: torch.Tensor,
+        group: dict[str, Any],
+        t: int,
+        config: BlockConfig,
+    ) -> None:
+        """One matrix block's step, in the order its plan gives (``spec.phases``)."""
+        for phase in self.spec.phases:
+            if phase is Phase.STATISTICS:
+                with self._span("factor_update", block):
+                    self._statistics(block, state, g, group, t)
+            elif phase is Phase.PRECONDITION:
+                with self._span("precondition", block):
+                    self._precondition(block, state, w, g, group, t)
+            elif phase is Phase.INSTALL:
+                self._install_due(block, state, t)
+            elif self.spec.refresh_due(t, self._ordinal[block.id], config):
+                inputs = self._refresh_inputs(state, group, t)
+                if inputs is not None:
+                    self._submit_refresh(block, t, type(self).compute_refresh, inputs)
 
     def _submit_refresh(
         self, block: Block, version: int, compute: Callable[[Any], Any], inputs: Any
     ) -> None:
-        self.scheduler.submit(
+        self.pipeline.submit(
             block.id, version, self.reference_tau, compute, inputs, step=self._calls
         )
 
     def _install_due(self, block: Block, state: Any, t: int) -> None:
         """Install every refresh of ``block`` whose install step is ``t``."""
         device = self._device_of(block)
-        for item in self.scheduler.take_due(block.id, t, device):
+        for item in self.pipeline.take_due(block.id, t, device):
             with self._recorder.span(
                 "install",
                 Category.REFRESH,
@@ -339,7 +401,7 @@ class BlockedOptimizer(torch.optim.Optimizer):
         """
         out = super().state_dict()
         out["blocks"] = self.store.state_dict()
-        out["pending_refreshes"] = self.scheduler.state_dict()
+        out["pending_refreshes"] = self.pipeline.state_dict()
         out["optimizer_calls"] = self._calls
         out["active_versions"] = dict(self._active_version)
         return out
@@ -357,7 +419,7 @@ class BlockedOptimizer(torch.optim.Optimizer):
         devices = {b.id: params[b.param_index].device for b in self.blocks}
         types = {b.id: (self.block_state_type if b.is_matrix else AdamWState) for b in self.blocks}
         self.store.load_state_dict(blocks, types, devices)
-        self.scheduler.load_state_dict(pending, self.refresh_result_type, devices)
+        self.pipeline.load_state_dict(pending, self.refresh_result_type, devices)
         self._calls = int(calls)
         for p in params:
             if "step" in self.state[p]:

@@ -22,6 +22,7 @@ from runtime.execution import ExecutionConfig
 from runtime.matrix_functions import eigenbasis, is_finite, qr_refresh
 from runtime.optim.base import BlockedOptimizer, check_positive, check_probability
 from runtime.optim.soap import BasisRefreshInputs, BasisRefreshResult, rotate_in, rotate_out
+from runtime.plan.spec import KL_SHAMPOO
 from runtime.state import SlotKind, slot
 
 
@@ -64,10 +65,10 @@ class KLShampoo(BlockedOptimizer):
     value leaves longer sides unrotated (Q = I, no factor kept).
     """
 
-    reference_tau = 1
-    skips_first_call = True
+    spec = KL_SHAMPOO
     block_state_type = KLShampooState
     refresh_result_type = BasisRefreshResult
+    compute_refresh = compute_kl_refresh
 
     def __init__(
         self,
@@ -123,11 +124,6 @@ class KLShampoo(BlockedOptimizer):
         dmax = group["max_precond_dim"]
         return dmax is None or dim <= dmax
 
-    def _hot_working_set_bytes(self, block: Block, group: dict[str, Any], element_size: int) -> int:
-        a, b = block.shape
-        sides = sum(2 * d * d for d in (a, b) if self._rotated(d, group))
-        return element_size * (sides + a * b + a + b)
-
     def _init_block(self, block: Block, g: torch.Tensor, group: dict[str, Any]) -> KLShampooState:
         a, b = g.shape
         w = 1.0 - group["shampoo_beta"]
@@ -145,7 +141,7 @@ class KLShampoo(BlockedOptimizer):
             state.QR = eigenbasis(state.R)
         return state
 
-    def _block_step(
+    def _precondition(
         self,
         block: Block,
         state: KLShampooState,
@@ -154,40 +150,46 @@ class KLShampoo(BlockedOptimizer):
         group: dict[str, Any],
         t: int,
     ) -> None:
+        """§5.4 step 2–3, from the state before this step's statistics."""
         assert state.M is not None and state.dL is not None and state.dR is not None
-        self._install_due(block, state, t)
         beta1 = group["betas"][0]
+        state.M.mul_(beta1).add_(g, alpha=1.0 - beta1)
+        m_rot = rotate_in(state.M, state.QL, state.QR)
+        scale = torch.outer(state.dL, state.dR).sqrt_().add_(group["eps"])
+        direction = rotate_out(m_rot / scale, state.QL, state.QR)
+        w.add_(direction.to(w.dtype), alpha=-group["lr"])
+        if group["weight_decay"] > 0.0:
+            w.add_(w, alpha=-group["lr"] * group["weight_decay"])
+
+    def _statistics(
+        self, block: Block, state: KLShampooState, g: torch.Tensor, group: dict[str, Any], t: int
+    ) -> None:
+        """§5.4 step 4: current Q and pre-update d throughout, all computed before written."""
+        assert state.dL is not None and state.dR is not None
         beta = group["shampoo_beta"]
         a, b = g.shape
-        with self._span("precondition", block):
-            state.M.mul_(beta1).add_(g, alpha=1.0 - beta1)
-            m_rot = rotate_in(state.M, state.QL, state.QR)
-            scale = torch.outer(state.dL, state.dR).sqrt_().add_(group["eps"])
-            direction = rotate_out(m_rot / scale, state.QL, state.QR)
-            w.add_(direction.to(w.dtype), alpha=-group["lr"])
-            if group["weight_decay"] > 0.0:
-                w.add_(w, alpha=-group["lr"] * group["weight_decay"])
-        with self._span("factor_update", block):
-            g_hat_sq = rotate_in(g, state.QL, state.QR).square_()
-            inv_dL, inv_dR = state.dL.reciprocal(), state.dR.reciprocal()
-            if state.L is not None:
-                h = rotate_in(g, None, state.QR) * inv_dR.sqrt()  # G·Q_R·diag(d_R^-1/2)
-                state.L.mul_(beta).addmm_(h, h.T, alpha=(1.0 - beta) / b)
-            if state.R is not None:
-                k = rotate_in(g.T, None, state.QL) * inv_dL.sqrt()  # Gᵀ·Q_L·diag(d_L^-1/2)
-                state.R.mul_(beta).addmm_(k, k.T, alpha=(1.0 - beta) / a)
-            r = (g_hat_sq @ inv_dR) / b
-            c = (inv_dL @ g_hat_sq) / a
-            state.dL.mul_(beta).add_(r, alpha=1.0 - beta)
-            state.dR.mul_(beta).add_(c, alpha=1.0 - beta)
-            if group["clamp"]:
-                state.dL.clamp_(min=clamp_floor(a, group["clamp_cap"]))
-                state.dR.clamp_(min=clamp_floor(b, group["clamp_cap"]))
-        if self._refresh_due(block, t, group["precondition_frequency"]) and (
-            state.QL is not None or state.QR is not None
-        ):
-            inputs = BasisRefreshInputs(state.L, state.R, state.QL, state.QR)
-            self._submit_refresh(block, t, compute_kl_refresh, inputs)
+        g_hat_sq = rotate_in(g, state.QL, state.QR).square_()
+        inv_dL, inv_dR = state.dL.reciprocal(), state.dR.reciprocal()
+        if state.L is not None:
+            h = rotate_in(g, None, state.QR) * inv_dR.sqrt()  # G·Q_R·diag(d_R^-1/2)
+            state.L.mul_(beta).addmm_(h, h.T, alpha=(1.0 - beta) / b)
+        if state.R is not None:
+            k = rotate_in(g.T, None, state.QL) * inv_dL.sqrt()  # Gᵀ·Q_L·diag(d_L^-1/2)
+            state.R.mul_(beta).addmm_(k, k.T, alpha=(1.0 - beta) / a)
+        r = (g_hat_sq @ inv_dR) / b
+        c = (inv_dL @ g_hat_sq) / a
+        state.dL.mul_(beta).add_(r, alpha=1.0 - beta)
+        state.dR.mul_(beta).add_(c, alpha=1.0 - beta)
+        if group["clamp"]:
+            state.dL.clamp_(min=clamp_floor(a, group["clamp_cap"]))
+            state.dR.clamp_(min=clamp_floor(b, group["clamp_cap"]))
+
+    def _refresh_inputs(
+        self, state: KLShampooState, group: dict[str, Any], t: int
+    ) -> BasisRefreshInputs | None:
+        if state.QL is None and state.QR is None:
+            return None
+        return BasisRefreshInputs(state.L, state.R, state.QL, state.QR)
 
     def _install(self, block: Block, state: KLShampooState, result: BasisRefreshResult) -> None:
         """Replace Q only; d carries over unchanged, as in the reference (§6)."""

@@ -19,6 +19,7 @@ from runtime.blocking import Block
 from runtime.execution import ExecutionConfig
 from runtime.matrix_functions import EighFailure, inverse_root, is_finite
 from runtime.optim.base import BlockedOptimizer, check_positive, check_probability
+from runtime.plan.spec import SHAMPOO
 from runtime.state import SlotKind, slot
 
 MAX_CONSECUTIVE_ROOT_FAILURES = 3
@@ -76,10 +77,10 @@ class Shampoo(BlockedOptimizer):
     β2 = ``grafting_beta2`` (Shampoo's own β2 is often 1, a running sum).
     """
 
-    reference_tau = 0
-    skips_first_call = False
+    spec = SHAMPOO
     block_state_type = ShampooState
     refresh_result_type = ShampooRefreshResult
+    compute_refresh = compute_shampoo_roots
 
     def __init__(
         self,
@@ -143,11 +144,6 @@ class Shampoo(BlockedOptimizer):
             bias_correction=group["bias_correction"],
         )
 
-    def _hot_working_set_bytes(self, block: Block, group: dict[str, Any], element_size: int) -> int:
-        a, b = block.shape
-        moments = 2 * a * b if group["grafting"] == "adam" else a * b
-        return element_size * (2 * a * a + 2 * b * b + moments)
-
     def _init_block(self, block: Block, g: torch.Tensor, group: dict[str, Any]) -> ShampooState:
         a, b = g.shape
         dtype, device = g.dtype, g.device
@@ -161,12 +157,32 @@ class Shampoo(BlockedOptimizer):
             root_failures=torch.zeros((), dtype=torch.int64, device=g.device),
         )
 
-    def _root_due(self, block: Block, t: int, group: dict[str, Any]) -> bool:
-        """At t0, then every f updates after it (staggered per block if asked)."""
-        t0 = group["start_preconditioning_step"]
-        return t == t0 or (t > t0 and self._refresh_due(block, t, group["precondition_frequency"]))
+    def _statistics(
+        self, block: Block, state: ShampooState, g: torch.Tensor, group: dict[str, Any], t: int
+    ) -> None:
+        """§3.2 step 1: statistics and the grafting second moment."""
+        assert state.L is not None and state.R is not None
+        beta2 = group["betas"][1]
+        weight = 1.0 - beta2 if beta2 < 1.0 else 1.0
+        if beta2 < 1.0:
+            state.L.mul_(beta2)
+            state.R.mul_(beta2)
+        state.L.addmm_(g, g.T, alpha=weight)
+        state.R.addmm_(g.T, g, alpha=weight)
+        if state.V is not None:
+            beta2g = group["grafting_beta2"]
+            state.V.mul_(beta2g).addcmul_(g, g, value=1.0 - beta2g)
 
-    def _block_step(
+    def _refresh_inputs(
+        self, state: ShampooState, group: dict[str, Any], t: int
+    ) -> ShampooRefreshInputs:
+        """§3.2 step 2: the factors of this step over their bias correction."""
+        assert state.L is not None and state.R is not None
+        beta2 = group["betas"][1]
+        c2 = 1.0 - beta2**t if (group["bias_correction"] and beta2 < 1.0) else 1.0
+        return ShampooRefreshInputs(state.L, state.R, c2, group["root_exponent"], group["eps"])
+
+    def _precondition(
         self,
         block: Block,
         state: ShampooState,
@@ -175,45 +191,25 @@ class Shampoo(BlockedOptimizer):
         group: dict[str, Any],
         t: int,
     ) -> None:
-        assert state.L is not None and state.R is not None and state.M is not None
-        assert state.L_root is not None and state.R_root is not None
-        beta1, beta2 = group["betas"]
-        with self._span("factor_update", block):
-            weight = 1.0 - beta2 if beta2 < 1.0 else 1.0
-            if beta2 < 1.0:
-                state.L.mul_(beta2)
-                state.R.mul_(beta2)
-            state.L.addmm_(g, g.T, alpha=weight)
-            state.R.addmm_(g.T, g, alpha=weight)
-            if state.V is not None:
-                beta2g = group["grafting_beta2"]
-                state.V.mul_(beta2g).addcmul_(g, g, value=1.0 - beta2g)
-
-        if self._root_due(block, t, group):
-            c2 = 1.0 - beta2**t if (group["bias_correction"] and beta2 < 1.0) else 1.0
-            inputs = ShampooRefreshInputs(
-                state.L, state.R, c2, group["root_exponent"], group["eps"]
-            )
-            self._submit_refresh(block, t, compute_shampoo_roots, inputs)
-        self._install_due(block, state, t)
-
-        with self._span("precondition", block):
-            state.M.mul_(beta1).add_(g, alpha=1.0 - beta1)
-            c1 = 1.0 - beta1**t if group["bias_correction"] else 1.0
-            m_hat = state.M / c1
-            direction = state.L_root @ m_hat @ state.R_root
-            if state.V is not None:
-                c2g = 1.0 - group["grafting_beta2"] ** t if group["bias_correction"] else 1.0
-                adam = m_hat / ((state.V / c2g).sqrt_().add_(group["grafting_eps"]))
-                if t < group["start_preconditioning_step"]:
-                    direction = adam
-                else:
-                    direction = direction * (
-                        torch.linalg.norm(adam) / (torch.linalg.norm(direction) + 1e-16)
-                    )
-            if group["weight_decay"] > 0.0:
-                direction = direction.add(w, alpha=group["weight_decay"])
-            w.add_(direction.to(w.dtype), alpha=-group["lr"])
+        """§3.2 steps 3–6 with the roots installed for this step."""
+        assert state.M is not None and state.L_root is not None and state.R_root is not None
+        beta1 = group["betas"][0]
+        state.M.mul_(beta1).add_(g, alpha=1.0 - beta1)
+        c1 = 1.0 - beta1**t if group["bias_correction"] else 1.0
+        m_hat = state.M / c1
+        direction = state.L_root @ m_hat @ state.R_root
+        if state.V is not None:
+            c2g = 1.0 - group["grafting_beta2"] ** t if group["bias_correction"] else 1.0
+            adam = m_hat / ((state.V / c2g).sqrt_().add_(group["grafting_eps"]))
+            if t < group["start_preconditioning_step"]:
+                direction = adam
+            else:
+                direction = direction * (
+                    torch.linalg.norm(adam) / (torch.linalg.norm(direction) + 1e-16)
+                )
+        if group["weight_decay"] > 0.0:
+            direction = direction.add(w, alpha=group["weight_decay"])
+        w.add_(direction.to(w.dtype), alpha=-group["lr"])
 
     def _install(self, block: Block, state: ShampooState, result: ShampooRefreshResult) -> None:
         assert state.root_failures is not None

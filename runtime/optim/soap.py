@@ -26,6 +26,7 @@ from runtime.matrix_functions import (
     sort_basis_by_estimated_eigenvalues,
 )
 from runtime.optim.base import BlockedOptimizer, check_positive, check_probability
+from runtime.plan.spec import SOAP as SOAP_SPEC
 from runtime.state import SlotKind, slot
 
 
@@ -101,10 +102,10 @@ class SOAP(BlockedOptimizer):
     A side longer than ``max_precond_dim`` is not rotated (one-sided SOAP).
     """
 
-    reference_tau = 1
-    skips_first_call = True
+    spec = SOAP_SPEC
     block_state_type = SOAPState
     refresh_result_type = BasisRefreshResult
+    compute_refresh = compute_soap_refresh
 
     def __init__(
         self,
@@ -157,12 +158,6 @@ class SOAP(BlockedOptimizer):
             bias_correction=group["bias_correction"],
         )
 
-    def _hot_working_set_bytes(self, block: Block, group: dict[str, Any], element_size: int) -> int:
-        a, b = block.shape
-        dmax = group["max_precond_dim"]
-        sides = sum(2 * d * d for d in (a, b) if d <= dmax)
-        return element_size * (sides + 2 * a * b)
-
     def _init_block(self, block: Block, g: torch.Tensor, group: dict[str, Any]) -> SOAPState:
         a, b = g.shape
         w = 1.0 - group["shampoo_beta"]
@@ -176,7 +171,7 @@ class SOAP(BlockedOptimizer):
             state.QR = eigenbasis(state.R)
         return state
 
-    def _block_step(
+    def _precondition(
         self,
         block: Block,
         state: SOAPState,
@@ -186,32 +181,36 @@ class SOAP(BlockedOptimizer):
         t: int,
     ) -> None:
         assert state.M is not None and state.V is not None
-        self._install_due(block, state, t)
         beta1, beta2 = group["betas"]
-        with self._span("precondition", block):
-            g_rot = rotate_in(g, state.QL, state.QR)
-            state.M.mul_(beta1).add_(g_rot, alpha=1.0 - beta1)
-            state.V.mul_(beta2).addcmul_(g_rot, g_rot, value=1.0 - beta2)
-            step_size = group["lr"]
-            if group["bias_correction"]:
-                step_size = step_size * (1.0 - beta2**t) ** 0.5 / (1.0 - beta1**t)
-            direction = rotate_out(state.M / (state.V.sqrt() + group["eps"]), state.QL, state.QR)
-            if group["normalize_grads"]:
-                direction = direction / (1e-30 + direction.square().mean().sqrt())
-            w.add_(direction.to(w.dtype), alpha=-step_size)
-            if group["weight_decay"] > 0.0:
-                w.add_(w, alpha=-group["lr"] * group["weight_decay"])
-        with self._span("factor_update", block):
-            ws = 1.0 - group["shampoo_beta"]
-            if state.L is not None:
-                state.L.lerp_(g @ g.T, ws)
-            if state.R is not None:
-                state.R.lerp_(g.T @ g, ws)
-        if self._refresh_due(block, t, group["precondition_frequency"]) and (
-            state.QL is not None or state.QR is not None
-        ):
-            inputs = BasisRefreshInputs(state.L, state.R, state.QL, state.QR)
-            self._submit_refresh(block, t, compute_soap_refresh, inputs)
+        g_rot = rotate_in(g, state.QL, state.QR)
+        state.M.mul_(beta1).add_(g_rot, alpha=1.0 - beta1)
+        state.V.mul_(beta2).addcmul_(g_rot, g_rot, value=1.0 - beta2)
+        step_size = group["lr"]
+        if group["bias_correction"]:
+            step_size = step_size * (1.0 - beta2**t) ** 0.5 / (1.0 - beta1**t)
+        direction = rotate_out(state.M / (state.V.sqrt() + group["eps"]), state.QL, state.QR)
+        if group["normalize_grads"]:
+            direction = direction / (1e-30 + direction.square().mean().sqrt())
+        w.add_(direction.to(w.dtype), alpha=-step_size)
+        if group["weight_decay"] > 0.0:
+            w.add_(w, alpha=-group["lr"] * group["weight_decay"])
+
+    def _statistics(
+        self, block: Block, state: SOAPState, g: torch.Tensor, group: dict[str, Any], t: int
+    ) -> None:
+        """§4.3 step 6: with the same raw gradient, after the update."""
+        ws = 1.0 - group["shampoo_beta"]
+        if state.L is not None:
+            state.L.lerp_(g @ g.T, ws)
+        if state.R is not None:
+            state.R.lerp_(g.T @ g, ws)
+
+    def _refresh_inputs(
+        self, state: SOAPState, group: dict[str, Any], t: int
+    ) -> BasisRefreshInputs | None:
+        if state.QL is None and state.QR is None:
+            return None
+        return BasisRefreshInputs(state.L, state.R, state.QL, state.QR)
 
     def _install(self, block: Block, state: SOAPState, result: BasisRefreshResult) -> None:
         """Swap in the new bases; permute V and re-express M in the same boundary (§4.3.7)."""

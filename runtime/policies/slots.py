@@ -14,34 +14,16 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Protocol, runtime_checkable
 
+from runtime.plan.kinds import LinkKind, SlotKind
 from traces.schema import Tier
 
 MIB = 1 << 20
-
-
-class SlotKind(str, Enum):
-    """How a slot is used; the first four mirror ``runtime.state.SlotKind`` (same values)."""
-
-    FACTOR = "factor"  # read and written by the device every step (L, R, S_L, S_R)
-    BASIS = "basis"  # read every step, written only when a refresh is installed (Q_L, Q_R)
-    ROOT = "root"  # read every step, written only when a refresh is installed (L̃, R̃)
-    MOMENT = "moment"  # read and written every step (M, V, d)
-    SNAPSHOT = "snapshot"  # the factors of a version, read by a host worker only
-    SHADOW = "shadow"  # a refresh result waiting for its install step
 
 
 DEVICE_KINDS = frozenset({SlotKind.FACTOR, SlotKind.BASIS, SlotKind.ROOT, SlotKind.MOMENT})
 """The kinds the device optimizer computes on in its block's update."""
 WRITTEN_KINDS = frozenset({SlotKind.FACTOR, SlotKind.MOMENT})
 """The kinds the device writes at every use (the others are read-only there)."""
-
-
-class LinkKind(str, Enum):
-    """How the CPU and the GPU reach each other's memory (``simulator.profiles.LinkKind``'s values)."""
-
-    PCIE = "pcie"  # separate memories, copies cross PCIe
-    NVLINK_C2C = "nvlink-c2c"  # separate memories, coherent chip-to-chip link (GH200)
-    UNIFIED = "unified"  # one physical memory (GB10)
 
 
 class Access(str, Enum):

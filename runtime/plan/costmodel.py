@@ -1,5 +1,11 @@
 """The cost model of ALGORITHMS.md §8: state, FLOPs and bytes of each optimizer block.
 
+It is part of the plan (``runtime.plan``) because the runtime's owner
+assignment and the simulator's workload both price blocks with it. A block's
+state is counted from its slots (``runtime.plan.spec``), so the sizes here are
+those of the tensors the runtime allocates; the §8 closed forms are checked
+against them in the tests.
+
 Every function takes a block's shape (a, b) — rows × cols after blocking,
 ALGORITHMS.md §0 and §1.2 — and a ``CostConfig`` (or just the optimizer's
 name). All state is fp32: one word is 4 bytes (§7.7). Counts are estimates for
@@ -19,11 +25,13 @@ Which sides of a block are preconditioned ("rotated") decides most costs:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Literal
+from typing import Literal, Protocol
 
-from simulator.shapes import ModelShape
+from runtime.plan.kinds import SlotKind
+from runtime.plan.spec import WORD_BYTES, BlockConfig, spec_of
 
 __all__ = [
     "ELEMENTWISE_FLOPS_PER_ELEMENT",
@@ -54,10 +62,7 @@ __all__ = [
     "roofline_time_s",
 ]
 
-WORD_BYTES = 4
-"""fp32 state: ALGORITHMS.md §8 counts memory in 4-byte words."""
-
-SOAP_MAX_PRECOND_DIM = 10000
+SOAP_MAX_PRECOND_DIM = spec_of("soap").reference_max_precond_dim
 """SOAP's D_max (§4.4): a longer side is not rotated."""
 
 ELEMENTWISE_FLOPS_PER_ELEMENT = 12
@@ -71,6 +76,35 @@ class Optimizer(str, Enum):
     SHAMPOO = "shampoo"
     SOAP = "soap"
     KL_SHAMPOO = "kl-shampoo"
+
+
+class MatrixLike(Protocol):
+    """A model's 2-D weights of one kind: ``count`` matrices of ``rows × cols``."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def rows(self) -> int: ...
+    @property
+    def cols(self) -> int: ...
+    @property
+    def count(self) -> int: ...
+
+
+class VectorLike(Protocol):
+    """A model's 1-D parameters of one kind: ``count`` vectors of ``size``."""
+
+    @property
+    def size(self) -> int: ...
+    @property
+    def count(self) -> int: ...
+
+
+class ShapeLike(Protocol):
+    """What the model-level functions need of a model (``simulator.shapes.ModelShape``)."""
+
+    def matrices(self) -> Sequence[MatrixLike]: ...
+    def vectors(self) -> Sequence[VectorLike]: ...
 
 
 @dataclass(frozen=True)
@@ -117,8 +151,12 @@ class CostConfig:
     def rotation_limit(self) -> int | None:
         """The longest side that is rotated (``None``: no limit)."""
         if self.max_precond_dim == "reference":
-            return SOAP_MAX_PRECOND_DIM if self.optimizer is Optimizer.SOAP else None
+            return spec_of(self.optimizer.value).reference_max_precond_dim
         return self.max_precond_dim
+
+    def block_config(self) -> BlockConfig:
+        """The plan's view of this configuration (slots and rotated sides)."""
+        return BlockConfig(max_precond_dim=self.rotation_limit, grafting=self.grafting)
 
 
 ConfigLike = CostConfig | Optimizer | str
@@ -186,10 +224,8 @@ def preconditioned_dims(a: int, b: int, config: ConfigLike) -> list[int]:
     """The sides of an a × b block that carry a factor and a basis (see the module doc)."""
     _check_block(a, b)
     cfg = _config(config)
-    if cfg.optimizer is Optimizer.ADAMW:
-        return []
-    limit = cfg.rotation_limit
-    return [d for d in (a, b) if limit is None or d <= limit]
+    spec, block = spec_of(cfg.optimizer.value), cfg.block_config()
+    return [d for d in (a, b) if spec.rotated(d, block)]
 
 
 # ---------------------------------------------------------------------------------------
@@ -201,17 +237,17 @@ def block_state(a: int, b: int, config: ConfigLike) -> StateWords:
 
     AdamW 2ab; Shampoo 2(a² + b²) + 2ab (ab without grafting); SOAP 2(a² + b²) + 2ab;
     KL-Shampoo 2(a² + b²) + ab + (a + b). An unrotated side drops its d² terms.
+    Counted from the block's slots (``OptimizerSpec.slots``); fixed-width
+    counters (Shampoo's 8-byte ``root_failures``) are not state words.
     """
+    _check_block(a, b)
     cfg = _config(config)
-    squares = sum(d * d for d in preconditioned_dims(a, b, cfg))
-    ab = a * b
-    if cfg.optimizer is Optimizer.ADAMW:
-        return StateWords(moments=2 * ab)
-    if cfg.optimizer is Optimizer.SHAMPOO:
-        return StateWords(squares, squares, 2 * ab if cfg.grafting else ab)
-    if cfg.optimizer is Optimizer.SOAP:
-        return StateWords(squares, squares, 2 * ab)
-    return StateWords(squares, squares, ab + a + b)
+    words = spec_of(cfg.optimizer.value).state_words(a, b, cfg.block_config())
+    return StateWords(
+        factors=words.get(SlotKind.FACTOR, 0),
+        bases=words.get(SlotKind.BASIS, 0) + words.get(SlotKind.ROOT, 0),
+        moments=words.get(SlotKind.MOMENT, 0),
+    )
 
 
 def block_state_bytes(a: int, b: int, config: ConfigLike) -> int:
@@ -308,7 +344,7 @@ def _chunks(n: int, size: int | None) -> list[int]:
     return [min(size, n - start) for start in range(0, n, size)]
 
 
-def blocks_of(shape: ModelShape, block_size: int | None) -> list[BlockSpec]:
+def blocks_of(shape: ShapeLike, block_size: int | None) -> list[BlockSpec]:
     """The blocks of every matrix of ``shape`` (§1.2: consecutive chunks of B, the last shorter)."""
     CostConfig(Optimizer.ADAMW, block_size=block_size)  # validates block_size
     blocks = []
@@ -319,11 +355,11 @@ def blocks_of(shape: ModelShape, block_size: int | None) -> list[BlockSpec]:
     return blocks
 
 
-def _vector_elements(shape: ModelShape) -> int:
+def _vector_elements(shape: ShapeLike) -> int:
     return sum(v.size * v.count for v in shape.vectors())
 
 
-def model_state(shape: ModelShape, config: ConfigLike) -> StateWords:
+def model_state(shape: ShapeLike, config: ConfigLike) -> StateWords:
     """All persistent optimizer state of a model: blocks, plus AdamW (2 words) per 1-D element."""
     cfg = _config(config)
     total = StateWords(moments=2 * _vector_elements(shape))
@@ -332,11 +368,11 @@ def model_state(shape: ModelShape, config: ConfigLike) -> StateWords:
     return total
 
 
-def model_state_bytes(shape: ModelShape, config: ConfigLike) -> int:
+def model_state_bytes(shape: ShapeLike, config: ConfigLike) -> int:
     return model_state(shape, config).bytes
 
 
-def model_hot_path_flops(shape: ModelShape, config: ConfigLike) -> float:
+def model_hot_path_flops(shape: ShapeLike, config: ConfigLike) -> float:
     """Optimizer FLOPs of one step over the whole model (1-D parameters: elementwise only)."""
     cfg = _config(config)
     flops = float(ELEMENTWISE_FLOPS_PER_ELEMENT * _vector_elements(shape))
@@ -345,7 +381,7 @@ def model_hot_path_flops(shape: ModelShape, config: ConfigLike) -> float:
     return flops
 
 
-def model_refresh_flops(shape: ModelShape, config: ConfigLike) -> float:
+def model_refresh_flops(shape: ShapeLike, config: ConfigLike) -> float:
     """One refresh of every factor of the model; divide by f for a per-step rate."""
     cfg = _config(config)
     return sum(
@@ -354,7 +390,7 @@ def model_refresh_flops(shape: ModelShape, config: ConfigLike) -> float:
     )
 
 
-def model_hot_path_bytes(shape: ModelShape, config: ConfigLike) -> Traffic:
+def model_hot_path_bytes(shape: ShapeLike, config: ConfigLike) -> Traffic:
     """Compulsory traffic of one optimizer step over the model (1-D: AdamW, 4 read / 3 written)."""
     cfg = _config(config)
     n = _vector_elements(shape)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simulator.costmodel import (
+from runtime.plan.costmodel import (
     ELEMENTWISE_FLOPS_PER_ELEMENT,
     CostConfig,
     Optimizer,
