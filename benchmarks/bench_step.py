@@ -21,7 +21,9 @@ machine load hits all of them alike; every figure is a median over rounds.
 Only the ratios are the result; absolute ms depend on the machine and its load.
 
 Run ``python benchmarks/bench_step.py --help``; ``--quick`` is a seconds-long
-smoke run on a tiny model.
+smoke run on a tiny model. ``--device cuda`` times the same steps on a GPU: models
+and gradients live there, and every timed step is bracketed by
+``torch.cuda.synchronize()`` so that the clock sees the kernels, not their launch.
 """
 
 from __future__ import annotations
@@ -97,23 +99,37 @@ class Candidate:
 class Bench:
     """Builds the candidates on one set of fixed gradients and times their steps."""
 
-    def __init__(self, model_config: GPTConfig, seed: int, grad_scale: float) -> None:
+    def __init__(
+        self,
+        model_config: GPTConfig,
+        seed: int,
+        grad_scale: float,
+        device: torch.device | None = None,
+    ) -> None:
         self.model_config = model_config
         self.seed = seed
+        self.device = device or torch.device("cpu")
+        # Drawn on the CPU whatever the device, so every device sees the same gradients.
         generator = torch.Generator().manual_seed(seed)
         shapes = [p.shape for p in self.new_model().parameters()]
-        self.grads = [torch.randn(s, generator=generator).mul_(grad_scale) for s in shapes]
+        self.grads = [
+            torch.randn(s, generator=generator).mul_(grad_scale).to(self.device) for s in shapes
+        ]
+        on_cuda = self.device.type == "cuda"
+        self._sync: Callable[[], None] = torch.cuda.synchronize if on_cuda else lambda: None
 
     def new_model(self) -> GPT:
-        torch.manual_seed(self.seed)
-        return GPT(self.model_config)
+        torch.manual_seed(self.seed)  # initial weights drawn on the CPU, then moved
+        return GPT(self.model_config).to(self.device)
 
     def step_ms(self, c: Candidate) -> float:
         """One timed ``optimizer.step()``; the gradient copy is outside the timing."""
         for p, g in zip(c.model.parameters(), self.grads, strict=True):
             p.grad = g.clone()  # heavyball sets .grad to None after a step
+        self._sync()  # the copies finish before the clock starts
         start = time.perf_counter_ns()
         c.optimizer.step()
+        self._sync()
         return (time.perf_counter_ns() - start) / 1e6
 
 
@@ -221,7 +237,7 @@ def _heavyball_candidate(label: str, model: GPT, optimizer: torch.optim.Optimize
     def bases() -> list[torch.Tensor]:
         # heavyball keeps each parameter's eigenbases in a state list under a key
         # such as "scale_by_soap_Q_3" and refreshes them in place.
-        out = []
+        out: list[torch.Tensor] = []
         for pstate in optimizer.state.values():
             for inner in pstate.values():
                 if not isinstance(inner, dict):
@@ -383,6 +399,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--context", type=int, default=GPTConfig.context)
     parser.add_argument("--no-heavyball", action="store_true", help="skip the heavyball table")
     parser.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"], help="where to step (default cpu)"
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="tiny model, 3 rounds: a smoke run of a few seconds"
     )
     args = parser.parse_args(argv)
@@ -391,6 +410,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be a positive integer")
     if args.warmup < 0:
         parser.error("--warmup must be a non-negative integer")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
     return args
 
 
@@ -405,10 +426,12 @@ def main(argv: list[str] | None = None) -> int:
             n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, context=args.context
         )
     print(environment_line())
-    bench = Bench(model_config, args.seed, args.grad_scale)
+    bench = Bench(model_config, args.seed, args.grad_scale, torch.device(args.device))
     n_params = sum(g.numel() for g in bench.grads)
+    where = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(
-        f"model {model_config} ({n_params:,} parameters); fixed gradients: seed {args.seed}, "
+        f"device {where}; model {model_config} ({n_params:,} parameters); "
+        f"fixed gradients: seed {args.seed}, "
         f"std {args.grad_scale:g}; {args.rounds} rounds x ({args.hot_per_round} hot + 1 A/B "
         f"refresh cycle) per optimizer; presets from asteria_bench.config.OPTIMIZER_PRESETS"
     )

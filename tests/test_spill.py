@@ -82,6 +82,7 @@ def test_round_trip_is_bitwise(
     assert key not in store
 
 
+@pytest.mark.cuda  # pinned read buffers where CUDA is present
 def test_large_tensor_through_segments_and_into_out(tmp_path: Path) -> None:
     """An unaligned source, and reads into ``out`` tensors with and without the file's skew."""
     tensor = random_tensor((3 * 4096 * 3 + 5,), torch.float32, 1)[1:]  # unaligned address

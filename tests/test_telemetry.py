@@ -79,6 +79,7 @@ def fake_nvml(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeNvml]:
     yield nvml
 
 
+@pytest.mark.cuda
 def test_collect_hardware_on_this_machine() -> None:
     hw = collect_hardware()
     assert hw.cpu_model and hw.cpu_model == hw.cpu_model.strip()
@@ -156,6 +157,7 @@ def test_sample_adds_host_counters() -> None:
     assert 0 < values["host_available_bytes", None] <= psutil.virtual_memory().total
 
 
+@pytest.mark.cuda
 def test_sample_on_this_machine_with_gpu_enabled() -> None:
     rec = Recorder()
     sampler = TelemetrySampler(rec)

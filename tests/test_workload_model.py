@@ -174,6 +174,7 @@ def test_a_few_adamw_steps_reduce_the_loss_on_a_fixed_batch() -> None:
     assert losses[-1] < losses[0] - 0.5
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu() -> None:
     model = make_model().eval()
