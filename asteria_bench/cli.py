@@ -32,6 +32,7 @@ OPTIM = "Optimizer hyperparameters (unset: the optimizer's preset for this workl
 DATA = "Data"
 RUNTIME = "Runtime: asynchronous refreshes"
 TIERS = "Runtime: optimizer-state tiers"
+PARALLEL = "Runtime: data parallelism (under torchrun)"
 
 
 @app.callback()
@@ -185,6 +186,28 @@ def run(
         bool | None,
         typer.Option("--normalize-grads/--no-normalize-grads", rich_help_panel=OPTIM),
     ] = None,
+    update_mode: Annotated[
+        str | None,
+        typer.Option(
+            help="under torchrun: replicated (owners compute refreshes, results broadcast)"
+            " | sharded (owners update their blocks, parameters all-gathered)",
+            rich_help_panel=PARALLEL,
+        ),
+    ] = None,
+    ranks_per_node: Annotated[
+        int | None,
+        typer.Option(
+            help="ranks per node (default: torchrun's LOCAL_WORLD_SIZE); less emulates nodes",
+            rich_help_panel=PARALLEL,
+        ),
+    ] = None,
+    dist_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="seconds a collective waits for a dead or stuck rank (default 60)",
+            rich_help_panel=PARALLEL,
+        ),
+    ] = None,
 ) -> None:
     """Train the GPT with one optimizer and write a run directory.
 
@@ -194,6 +217,8 @@ def run(
     a GPU is present.
 
     Example: asteria-bench run --optimizer kl-shampoo --steps 500 --lr 3e-3
+
+    Data parallel: torchrun --nproc-per-node 4 -m asteria_bench run --update-mode sharded
     """
     from asteria_bench.config import RunConfig, apply_mapping, load_config_file, validate
     from asteria_bench.job import run_job
@@ -253,6 +278,9 @@ def run(
         device_budget=device_budget,
         host_budget=host_budget,
         spill_dir=None if spill_dir is None else str(spill_dir),
+        update_mode=update_mode,
+        ranks_per_node=ranks_per_node,
+        dist_timeout=dist_timeout,
     )
     for section, values in overrides.items():
         target = getattr(cfg, section)

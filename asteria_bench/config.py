@@ -11,6 +11,7 @@ explicit so that ``config.json`` records every value actually used.
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 import types
 import typing
@@ -70,6 +71,9 @@ class RuntimeSection:
     device_budget: str | None = None  # e.g. "2GiB"; None: no limit
     host_budget: str | None = None
     spill_dir: str | None = None  # a folder for the NVMe tier; None: no NVMe tier
+    update_mode: str = "replicated"  # under torchrun: replicated | sharded
+    ranks_per_node: int | None = None  # None: torchrun's LOCAL_WORLD_SIZE
+    dist_timeout: float = 60.0  # seconds a collective may wait for a dead or stuck rank
 
 
 @dataclass
@@ -259,6 +263,24 @@ def validate(config: RunConfig) -> None:
             parse_bytes(text, option)
     if r.spill_dir is not None:
         need(Path(r.spill_dir).is_dir(), "--spill-dir", "an existing folder", r.spill_dir)
+    need(
+        r.update_mode in ("replicated", "sharded"),
+        "--update-mode",
+        "replicated or sharded",
+        r.update_mode,
+    )
+    need(
+        r.ranks_per_node is None or r.ranks_per_node >= 1,
+        "--ranks-per-node",
+        "a positive integer",
+        r.ranks_per_node,
+    )
+    need(
+        math.isfinite(r.dist_timeout) and r.dist_timeout > 0,
+        "--dist-timeout",
+        "a positive number of seconds",
+        r.dist_timeout,
+    )
 
 
 def parse_bytes(text: str, option: str) -> int:
@@ -341,14 +363,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
 
 def apply_mapping(config: RunConfig, data: dict[str, Any], source: str) -> RunConfig:
     """Overlay a parsed config file on ``config``; unknown keys are errors."""
-    hints = {
-        name: typing.get_type_hints(type(getattr(config, name)))
-        for name in ("model", "data", "train", "optim")
-    }
+    hints = {name: typing.get_type_hints(type(getattr(config, name))) for name in SECTIONS}
     for section, values in data.items():
         if section not in hints:
             raise UserError(
-                f"{source}: unknown section {section!r}; expected one of model, data, train, optim"
+                f"{source}: unknown section {section!r}; expected one of {', '.join(SECTIONS)}"
             )
         if not isinstance(values, dict):
             raise UserError(f"{source}: [{section}] must be a table of keys")

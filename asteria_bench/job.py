@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -22,9 +23,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from asteria_bench.config import RunConfig
+from asteria_bench.errors import UserError
 from asteria_bench.rundir import RunDirectory
 from asteria_bench.train import STEP_METRIC_COLUMNS, StepMetrics, TrainResult, train
+from reports.ranks import RANKS_DIRNAME
 from reports.summary import run_figures, summary_markdown
+from runtime.distributed import DistContext, DistError
 from traces.atomic import atomic_write_bytes, atomic_write_text
 from traces.io import TRACE_DIRNAME, read_trace, write_trace
 from traces.perfetto import PERFETTO_FILENAME, export_chrome_trace
@@ -65,7 +69,9 @@ def write_metrics(path: Path, frame: pd.DataFrame) -> None:
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
-def build_metadata(config: RunConfig, result: TrainResult, run_id: str) -> RunMetadata:
+def build_metadata(
+    config: RunConfig, result: TrainResult, run_id: str, dist: DistContext | None = None
+) -> RunMetadata:
     from asteria_bench import __version__
     from runtime.telemetry import collect_hardware, collect_software, git_revision
 
@@ -83,6 +89,8 @@ def build_metadata(config: RunConfig, result: TrainResult, run_id: str) -> RunMe
         git_revision=git_revision(Path(__file__).resolve().parent),
         device=result.device,
         config=config.to_dict(),
+        rank=0 if dist is None else dist.rank,
+        world_size=1 if dist is None else dist.world_size,
     )
 
 
@@ -103,13 +111,29 @@ def tier_figures(result: TrainResult) -> dict[str, tuple[int, int]] | None:
     return {tier: (int(values[-1]), int(max(values))) for tier, values in series.items()}
 
 
-def write_run(staging: Path, config: RunConfig, result: TrainResult, run_id: str) -> None:
+def write_rank_trace(
+    staging: Path, config: RunConfig, result: TrainResult, run_id: str, dist: DistContext
+) -> None:
+    """A non-leader rank's trace, beside the leader's ``trace/``."""
+    metadata = build_metadata(config, result, run_id, dist)
+    folder = staging / RANKS_DIRNAME / str(dist.rank)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_trace(folder, metadata, result.recorder.spans, result.recorder.counters)
+
+
+def write_run(
+    staging: Path,
+    config: RunConfig,
+    result: TrainResult,
+    run_id: str,
+    dist: DistContext | None = None,
+) -> None:
     atomic_write_text(
         staging / "config.json", json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
     )
     frame = metrics_frame(result.metrics)
     write_metrics(staging / "metrics.parquet", frame)
-    metadata = build_metadata(config, result, run_id)
+    metadata = build_metadata(config, result, run_id, dist)
     if result.staleness_schedule:
         from runtime.policies.staleness import schedule_to_json
 
@@ -130,15 +154,111 @@ def write_run(staging: Path, config: RunConfig, result: TrainResult, run_id: str
             staleness=staleness_figures(result),
             tier_bytes=tier_figures(result),
         )
+        if dist is not None:
+            text += _ranks_section(staging, dist.world_size)
         atomic_write_text(staging / "summary.md", text)
 
 
-def run_job(config: RunConfig, *, out: Path | None, overwrite: bool, quiet: bool) -> Path:
+def _ranks_section(staging: Path, world_size: int) -> str:
+    """Every rank's step time, collective bytes and state, read back from the traces."""
+    from reports.ranks import rank_figures, rank_traces, ranks_markdown
+
+    figures = [rank_figures(trace) for trace in rank_traces(staging)]
+    return f"\n## Ranks ({world_size})\n\n{ranks_markdown(figures)}\n"
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (torchrun stopping the other ranks of a failed run, a scheduler, kill)."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated(f"terminated by signal {signum}")
+
+
+def run_job(config: RunConfig, *, out: Path | None, overwrite: bool, quiet: bool) -> None:
+    """Train and write the run directory; under torchrun, every rank calls this.
+
+    Rank 0 (the leader) owns the run directory: it stages it, shares its path
+    through the rendezvous store, and writes every shared file once each rank
+    has written its own trace under ``ranks/<r>/``. A failure on any rank
+    leaves the folder ``*.incomplete``, never one that looks finished.
+    """
+    dist = start_distributed(config)
+    leader = dist is None or dist.is_leader
     out = out if out is not None else default_out(config)
+    if dist is not None:
+        out = Path(dist.share("out", str(out)))
     rundir = RunDirectory(out, overwrite=overwrite)
-    console = Console(stderr=True, quiet=quiet)
-    staging = rundir.create()
+    console = Console(stderr=True, quiet=quiet or not leader)
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    staging: Path | None = None
     rows: list[StepMetrics] = []
+    try:
+        if leader:
+            staging = rundir.create()
+        if dist is not None:
+            staging = Path(dist.share("staging", str(staging) if staging else ""))
+        assert staging is not None
+        result = _train_with_progress(config, console, quiet or not leader, rows, dist)
+        if dist is not None and not leader:
+            write_rank_trace(staging, config, result, out.name, dist)
+        if dist is not None:
+            dist.barrier()  # every rank's trace is in place
+        if leader:
+            write_run(staging, config, result, out.name, dist)
+        if result.stopped_early:
+            if leader:
+                rundir.mark_incomplete(f"stopped early: {result.stopped_early}")
+            print(
+                f"asteria-bench: run stopped early ({result.stopped_early}); see {staging}",
+                file=sys.stderr,
+            )
+            raise SystemExit(1)
+    except KeyboardInterrupt:
+        if leader:
+            rundir.mark_incomplete(f"interrupted after {len(rows)} of {config.train.steps} steps")
+        raise
+    except BaseException as exc:
+        if leader and not isinstance(exc, SystemExit):
+            rundir.mark_incomplete(f"failed after {len(rows)} steps: {type(exc).__name__}: {exc}")
+        if isinstance(exc, (DistError, Terminated)):
+            print(f"asteria-bench: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if dist is not None:
+            dist.close()
+    if not leader:
+        return
+    final = rundir.finish()
+    if not quiet:
+        console.print((final / "summary.md").read_text())
+    print(str(final))
+
+
+def start_distributed(config: RunConfig) -> DistContext | None:
+    """Join torchrun's process group (None outside torchrun); bad settings are one line."""
+    from asteria_bench.train import resolve_device
+    from runtime.distributed import init_distributed
+
+    r = config.runtime
+    device = resolve_device(config.train.device)
+    try:
+        return init_distributed(
+            device_type=device.type, timeout_s=r.dist_timeout, ranks_per_node=r.ranks_per_node
+        )
+    except ValueError as exc:
+        raise UserError(f"--ranks-per-node: {exc}") from None
+
+
+def _train_with_progress(
+    config: RunConfig,
+    console: Console,
+    quiet: bool,
+    rows: list[StepMetrics],
+    dist: DistContext | None,
+) -> TrainResult:
     progress = Progress(
         TextColumn("[bold]{task.fields[name]}"),
         BarColumn(),
@@ -149,38 +269,17 @@ def run_job(config: RunConfig, *, out: Path | None, overwrite: bool, quiet: bool
         transient=False,
         disable=quiet,
     )
-    try:
-        with progress:
-            task = progress.add_task(
-                "train",
-                total=config.train.steps,
-                name=config.optim.name,
-                loss=float("nan"),
-                step_ms=0.0,
-            )
+    with progress:
+        task = progress.add_task(
+            "train",
+            total=config.train.steps,
+            name=config.optim.name,
+            loss=float("nan"),
+            step_ms=0.0,
+        )
 
-            def on_step(row: StepMetrics) -> None:
-                rows.append(row)
-                progress.update(task, advance=1, loss=row.loss, step_ms=row.step_time_ns / 1e6)
+        def on_step(row: StepMetrics) -> None:
+            rows.append(row)
+            progress.update(task, advance=1, loss=row.loss, step_ms=row.step_time_ns / 1e6)
 
-            result = train(config, progress=on_step)
-        write_run(staging, config, result, out.name)
-        if result.stopped_early:
-            rundir.mark_incomplete(f"stopped early: {result.stopped_early}")
-            print(
-                f"asteria-bench: run stopped early ({result.stopped_early}); see {staging}",
-                file=sys.stderr,
-            )
-            raise SystemExit(1)
-    except KeyboardInterrupt:
-        rundir.mark_incomplete(f"interrupted after {len(rows)} of {config.train.steps} steps")
-        raise
-    except BaseException as exc:
-        if not isinstance(exc, SystemExit):
-            rundir.mark_incomplete(f"failed after {len(rows)} steps: {type(exc).__name__}: {exc}")
-        raise
-    final = rundir.finish()
-    if not quiet:
-        console.print((final / "summary.md").read_text())
-    print(str(final))
-    return final
+        return train(config, progress=on_step, dist=dist)

@@ -26,6 +26,7 @@ from asteria_bench.errors import UserError
 from asteria_bench.optimizers import build_optimizer, parameter_groups
 from asteria_bench.workload.data import ByteDataset, DataError, default_dataset, load_text
 from asteria_bench.workload.model import GPT, GPTConfig
+from runtime.distributed import DistContext, ParallelConfig, is_collective_failure
 from runtime.execution import ExecutionConfig
 from traces.recorder import Recorder
 from traces.schema import Category, Span, Tier
@@ -170,7 +171,11 @@ def model_description(model: GPT, optimizer: torch.optim.Optimizer) -> dict[str,
 
 
 def execution_config(
-    config: RunConfig, recorder: Recorder, device: torch.device, spill: Any = None
+    config: RunConfig,
+    recorder: Recorder,
+    device: torch.device,
+    spill: Any = None,
+    dist: DistContext | None = None,
 ) -> ExecutionConfig:
     from asteria_bench.config import parse_bytes
     from runtime.policies.placement import parse_placement
@@ -179,6 +184,11 @@ def execution_config(
 
     r = config.runtime
     staleness = parse_staleness(r.staleness)
+    if dist is not None and staleness.name.startswith("adaptive"):
+        raise UserError(
+            f"--staleness: {r.staleness} picks install steps from each rank's own timings, which"
+            " the ranks would not agree on; with several ranks use bounded:TAU"
+        )
     stagger = staleness.asynchronous if r.stagger is None else r.stagger
     tiered = r.placement != "device" or r.device_budget is not None or spill is not None
     return ExecutionConfig(
@@ -195,15 +205,30 @@ def execution_config(
         if r.host_budget is None
         else parse_bytes(r.host_budget, "--host-budget"),
         spill=spill,
+        parallel=None if dist is None else ParallelConfig(dist, r.update_mode),
     )
 
 
-def train(config: RunConfig, *, progress: ProgressCallback | None = None) -> TrainResult:
-    """Run the configured training job and return its metrics and trace."""
+def train(
+    config: RunConfig,
+    *,
+    progress: ProgressCallback | None = None,
+    dist: DistContext | None = None,
+) -> TrainResult:
+    """Run the configured training job and return its metrics and trace.
+
+    Under torchrun (``dist``) the model is wrapped in DDP and every rank takes
+    its slice of one global batch (``batch_size`` per rank), drawn from one
+    seeded generator: the same data a single process with the whole batch sees.
+    """
     t = config.train
     if t.torch_threads is not None:
         torch.set_num_threads(t.torch_threads)
     device = resolve_device(t.device)
+    if dist is not None:
+        device = dist.device(device)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
     dataset = load_dataset(config)
     torch.manual_seed(t.seed)
     m = config.model
@@ -218,6 +243,13 @@ def train(config: RunConfig, *, progress: ProgressCallback | None = None) -> Tra
     )
     model.to(device)
     recorder = Recorder(enabled=True)
+    net: torch.nn.Module = model
+    if dist is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     spill = None
     if config.runtime.spill_dir is not None:
         from runtime.spill import SpillError, SpillStore
@@ -226,7 +258,7 @@ def train(config: RunConfig, *, progress: ProgressCallback | None = None) -> Tra
             spill = SpillStore(config.runtime.spill_dir, recorder=recorder)
         except SpillError as exc:
             raise UserError(f"--spill-dir: {exc}") from None
-    execution = execution_config(config, recorder, device, spill)
+    execution = execution_config(config, recorder, device, spill, dist)
     hp = resolved_optimizer(config.optim)
     from runtime.tiers import BudgetError, DeviceOutOfMemory
 
@@ -257,7 +289,7 @@ def train(config: RunConfig, *, progress: ProgressCallback | None = None) -> Tra
         """Forward, backward and the optimizer step, timed; the loss and the optimizer's ns."""
         with recorder.span("step", Category.STEP, step=step):
             with recorder.span("forward", Category.COMPUTE, step=step):
-                _, loss = model(x, y)
+                _, loss = net(x, y)
                 assert loss is not None
                 sync()
             with recorder.span("backward", Category.COMPUTE, step=step):
@@ -272,6 +304,16 @@ def train(config: RunConfig, *, progress: ProgressCallback | None = None) -> Tra
             sync()
             return loss, time.perf_counter_ns() - opt_start
 
+    rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
+
+    def global_mean(value: torch.Tensor) -> torch.Tensor:
+        """The loss over the global batch: every rank's mean, averaged (for the metrics)."""
+        import torch.distributed as torch_dist
+
+        total = value.clone()
+        torch_dist.all_reduce(total)
+        return total / world
+
     metrics: list[StepMetrics] = []
     main_track = threading.current_thread().name
     stopped: str | None = None
@@ -281,14 +323,26 @@ def train(config: RunConfig, *, progress: ProgressCallback | None = None) -> Tra
             scale = lr_multiplier(step - 1, config)
             for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
                 group["lr"] = base * scale
-            x, y = dataset.batch("train", t.batch_size, m.context, generator)
+            x, y = dataset.batch("train", t.batch_size * world, m.context, generator)
+            if dist is not None:
+                x, y = (
+                    x[rank * t.batch_size : (rank + 1) * t.batch_size],
+                    y[rank * t.batch_size : (rank + 1) * t.batch_size],
+                )
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             first_span = len(recorder.spans)
             try:
                 loss, opt_ns = training_step(step, x, y)
+                if dist is not None:
+                    loss = global_mean(loss.detach())
+                    dist.heartbeat(step)
             except DeviceOutOfMemory as exc:
                 stopped = str(exc)
                 break
+            except RuntimeError as exc:
+                if dist is None or not is_collective_failure(exc):
+                    raise
+                raise dist.explain_failure(exc) from None
             except torch.cuda.OutOfMemoryError as exc:
                 reason = str(exc).splitlines()[0] if str(exc) else "CUDA out of memory"
                 placement = config.runtime.placement

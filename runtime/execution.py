@@ -20,6 +20,7 @@ from runtime.policies.staleness import StalenessPolicy, Sync
 from traces.recorder import NULL_RECORDER, Recorder
 
 if TYPE_CHECKING:
+    from runtime.distributed import ParallelConfig
     from runtime.spill import SpillStore
 
 ROOT_DEVICES = ("host", "device")
@@ -41,6 +42,9 @@ class ExecutionConfig:
       as soon as its gradient is ready, overlapping the rest of the backward.
     - ``trace_blocks``: a span per block for the factor update and the
       preconditioning (a few µs per block and step when the recorder is on).
+    - ``parallel``: data parallelism (``runtime.distributed``): each block's
+      refresh computed by its owner and published (``replicated``), or each
+      rank updating its own blocks and gathering the rest (``sharded``).
     """
 
     staleness: StalenessPolicy = field(default_factory=Sync)
@@ -52,6 +56,7 @@ class ExecutionConfig:
     device_budget_bytes: int | None = None  # None: no limit (GPU: its free memory)
     host_budget_bytes: int | None = None
     spill: SpillStore | None = None  # the NVMe tier; None: no NVMe tier
+    parallel: ParallelConfig | None = None  # data-parallel ranks and update mode; None: one process
     recorder: Recorder = field(default=NULL_RECORDER, compare=False, repr=False)
     trace_blocks: bool = True
 
@@ -69,4 +74,8 @@ class ExecutionConfig:
             out["workers"] = str(self.workers)
             out["root_device"] = self.root_device
         out["stagger"] = "on" if self.stagger else "off"
+        if self.parallel is not None:
+            out["parallel"] = self.parallel.update_mode
+            out["world_size"] = str(self.parallel.context.world_size)
+            out["ranks_per_node"] = str(self.parallel.context.topology.local_size)
         return out

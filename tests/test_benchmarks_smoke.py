@@ -258,3 +258,24 @@ def test_bench_projection_quick_prints_calibrated_efficiencies_and_errors() -> N
     for row in figures.values():
         assert float(row["measured ms"]) > 0 and float(row["projected ms"]) > 0
         assert row["error"].endswith("%")
+
+
+@pytest.mark.slow
+def test_bench_dist_quick_prints_balance_and_bytes_per_mode() -> None:
+    out = run_quick("bench_dist.py")
+    balance = {row["ranks"]: row for row in table(out, "ranks", "blocks")}
+    four = balance["4 (1 node)"]
+    assert float(four["replicated: refresh max/mean"]) <= 1.10
+    assert 0 < float(four["sharded: largest state share"]) < 1
+    runs = table(out, "ranks", "mode", "staleness")
+    assert {(r["ranks"], r["mode"]) for r in runs} == {
+        ("1", "-"),
+        ("2", "replicated"),
+        ("2", "sharded"),
+    }
+    for row in runs:
+        assert float(row["median step ms"]) > 0
+        if row["mode"] == "sharded":
+            assert float(row["allgather kB/step"]) > 0 and float(row["publish kB/step"]) == 0
+        if row["mode"] == "replicated":
+            assert float(row["allgather kB/step"]) == 0

@@ -139,7 +139,10 @@ def test_close_removes_every_file_and_refuses_more_work(tmp_path: Path) -> None:
 
 
 CHILD = """
-import sys, time
+import signal, sys, time
+# A child of a shell running in the background starts with SIGINT ignored; a user's
+# process (the case under test) has Python's KeyboardInterrupt handler.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, {root!r})
 from runtime.spill import SpillDirectory
 assert "torch" not in sys.modules  # setting up a spill directory does not load torch

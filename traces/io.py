@@ -27,7 +27,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from traces.atomic import atomic_write_text, atomic_writer
-from traces.schema import SCHEMA_VERSION, Category, CounterSample, RunMetadata, Span, Tier
+from traces.schema import (
+    READABLE_VERSIONS,
+    SCHEMA_VERSION,
+    Category,
+    CounterSample,
+    RunMetadata,
+    Span,
+    Tier,
+)
 
 __all__ = [
     "COUNTERS_FILENAME",
@@ -53,6 +61,12 @@ COUNTERS_FILENAME = "counters.parquet"
 
 _VERSION_KEY = b"asteria_bench.schema_version"
 _FILE_METADATA = {_VERSION_KEY: str(SCHEMA_VERSION).encode()}
+_READABLE_KEYS = {str(v).encode() for v in READABLE_VERSIONS}
+
+
+def _versions() -> str:
+    return " or ".join(str(v) for v in READABLE_VERSIONS)
+
 
 SPANS_SCHEMA = pa.schema(
     [
@@ -200,7 +214,7 @@ def _decode_dataclass(data: dict[str, Any], cls: Any, where: str) -> Any:
 
 
 def metadata_from_dict(data: Any) -> RunMetadata:
-    """Build ``RunMetadata`` from parsed JSON, refusing anything not of schema version 1.
+    """Build ``RunMetadata`` from parsed JSON of a readable schema version (1 or 2).
 
     Raises ``TraceError`` naming the offending field. Unknown fields are refused
     too: a field this build does not know means a writer of another version.
@@ -210,11 +224,15 @@ def metadata_from_dict(data: Any) -> RunMetadata:
     version = data.get("schema_version")
     if version is None:
         raise TraceError("missing field schema_version (integer)")
-    if version != SCHEMA_VERSION or isinstance(version, bool):
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
         raise TraceError(
             f"schema_version {_short_repr(version)} is not supported "
-            f"(this build reads {SCHEMA_VERSION})"
+            f"(this build reads {_versions()})"
         )
+    if version < 2:
+        for name in ("rank", "world_size"):
+            if name in data:
+                raise TraceError(f"unexpected field {name} in a schema_version {version} trace")
     metadata = _decode_dataclass(data, RunMetadata, "")
     assert isinstance(metadata, RunMetadata)
     return metadata
@@ -296,10 +314,10 @@ def _conform(table: pa.Table, schema: pa.Schema, file: Path) -> pa.Table:
     """Check ``table`` against ``schema`` and cast it to exactly that schema."""
     meta = table.schema.metadata or {}
     version = meta.get(_VERSION_KEY)
-    if version is not None and version != _FILE_METADATA[_VERSION_KEY]:
+    if version is not None and version not in _READABLE_KEYS:
         raise TraceError(
             f"{file}: schema_version {_short_repr(version.decode(errors='replace'))} is not "
-            f"supported (this build reads {SCHEMA_VERSION})"
+            f"supported (this build reads {_versions()})"
         )
     names = table.column_names
     extra = [n for n in names if schema.get_field_index(n) < 0]

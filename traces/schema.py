@@ -15,7 +15,11 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""Version 2 added ``rank`` and ``world_size`` to the metadata (data-parallel runs)."""
+
+READABLE_VERSIONS = (1, 2)
+"""Versions this build reads; a version-1 trace is one rank of one."""
 
 NO_STEP = -1
 """The ``step`` of an event that belongs to no training step (setup, teardown)."""
@@ -129,4 +133,6 @@ class RunMetadata:
     git_revision: str | None
     device: str
     config: dict[str, Any] = field(default_factory=dict)
+    rank: int = 0
+    world_size: int = 1
     schema_version: int = SCHEMA_VERSION

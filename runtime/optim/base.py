@@ -27,11 +27,16 @@ from runtime.blocking import Block, block_view, matrix_view, partition
 from runtime.execution import ExecutionConfig
 from runtime.matrix_functions import check_fp32_matmul_precision
 from runtime.optim.adamw import AdamWState, adamw_step, init_adamw_state
-from runtime.plan.costmodel import factor_refresh_flops
+from runtime.plan.costmodel import (
+    CostConfig,
+    block_hot_path_flops,
+    block_refresh_flops,
+    factor_refresh_flops,
+)
 from runtime.plan.kinds import SlotKind
-from runtime.plan.ownership import BlockWork
+from runtime.plan.ownership import Assignment, BlockWork, assign_owners
 from runtime.plan.spec import BlockConfig, OptimizerSpec, Phase
-from runtime.refresh import RefreshPipeline, build_pipeline
+from runtime.refresh import LocalPublisher, Publisher, RefreshPipeline, build_pipeline
 from runtime.state import DeviceStateStore, StateStore
 from traces.schema import Category
 
@@ -118,8 +123,13 @@ class BlockedOptimizer(torch.optim.Optimizer):
                 index += 1
         matrix_blocks = [b for b in self.blocks if b.is_matrix]
         self._ordinal = {b.id: ordinal for ordinal, b in enumerate(matrix_blocks)}
+        self.assignment: Assignment | None = None
+        self._owned: set[str] | None = None  # sharded updates: the blocks this rank updates
+        self._gather: Any = None
+        self._updated = False
+        publisher = self._setup_parallel()
         self.pipeline: RefreshPipeline = build_pipeline(
-            self.execution, self._recorder, (p.device for p in self._params)
+            self.execution, self._recorder, (p.device for p in self._params), publisher=publisher
         )
         if self.execution.placement is not None:
             self.store = self._make_tiered_store()
@@ -132,6 +142,78 @@ class BlockedOptimizer(torch.optim.Optimizer):
         if message and not _warned_tf32:
             warnings.warn(message, stacklevel=2)
             _warned_tf32 = True
+
+    def _setup_parallel(self) -> Publisher:
+        """Owners of every block (the plan's assignment) and how results or updates move."""
+        parallel = self.execution.parallel
+        if parallel is None:
+            return LocalPublisher()
+        from runtime.distributed.publish import OwnerBroadcastPublisher
+        from runtime.distributed.sharded import ShardedGather
+        from runtime.policies.staleness import Adaptive
+
+        if isinstance(self.execution.staleness, Adaptive):
+            raise ValueError(
+                "adaptive staleness picks install steps from each rank's own timings, which"
+                " ranks would not agree on; with several ranks use bounded:TAU"
+            )
+        ctx = parallel.context
+        mode = parallel.update_mode
+        self.assignment = assign_owners(self._ownership_work(mode), ctx.topology)
+        owners = self.assignment.owners
+        buffer_device = (
+            torch.device("cuda", torch.cuda.current_device())
+            if ctx.backend == "nccl"
+            else torch.device("cpu")
+        )
+        if mode == "sharded":
+            self._owned = {b.id for b in self.blocks if not b.is_matrix or owners[b.id] == ctx.rank}
+            self._gather = ShardedGather(
+                ctx, owners, self.blocks, self._params, self._recorder, buffer_device
+            )
+            return LocalPublisher()
+        by_id = {b.id: b for b in self.blocks}
+
+        def layout_of(block_id: str) -> Any:
+            block = by_id[block_id]
+            group = self._group_of[block.param_index]
+            dtype = state_dtype(self._params[block.param_index])
+            return self._result_layout(block, self._block_config(group), dtype)
+
+        return OwnerBroadcastPublisher(
+            ctx, owners, layout_of, self.refresh_result_type, self._recorder, buffer_device
+        )
+
+    def _ownership_work(self, mode: str) -> list[BlockWork]:
+        """What owning a block costs: its refresh (replicated), or its whole update (sharded)."""
+        if mode != "sharded":
+            return self.block_work()
+        out = []
+        for block in self.blocks:
+            if not block.is_matrix:
+                continue
+            group = self._group_of[block.param_index]
+            config = self._block_config(group)
+            cost_config = self._cost_config(group)
+            a, b = block.shape
+            cost = block_hot_path_flops(a, b, cost_config)
+            cost += block_refresh_flops(a, b, cost_config) / config.precondition_frequency
+            element = torch.finfo(state_dtype(self._params[block.param_index])).bits // 8
+            nbytes = sum(s.nbytes(element) for s in self.spec.slots(a, b, config))
+            out.append(BlockWork(block.id, cost, nbytes))
+        return out
+
+    def _cost_config(self, group: dict[str, Any]) -> CostConfig:
+        limit: Any = "reference" if self.spec.name == "shampoo" else group.get("max_precond_dim")
+        return CostConfig(
+            self.spec.name,  # type: ignore[arg-type]
+            max_precond_dim=limit,
+            grafting=group.get("grafting") != "none",
+        )
+
+    def _result_layout(self, block: Block, config: BlockConfig, dtype: torch.dtype) -> Any:
+        """Every field a refresh result of ``block`` may hold (``runtime.distributed.packing``)."""
+        raise NotImplementedError
 
     def _register_hooks(self) -> None:
         for p in self._params:
@@ -282,12 +364,15 @@ class BlockedOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self._calls += 1
-        self.pipeline.begin_step(self._calls)
+        self._updated = False
+        self.pipeline.begin_step(self._calls, self._calls - int(self.skips_first_call))
         with self._recorder.span("optimizer_step", Category.OPTIMIZER, step=self._calls):
             for group in self.param_groups:
                 for p in group["params"]:
                     if p.grad is not None:
                         self._step_param(p, group)
+            if self._gather is not None and self._updated:
+                self._gather.gather(self._calls)
             # The step boundary: placement decides where state rests for the next
             # step now, so that the next backward's prefetch hooks see it.
             self.store.step_boundary(self._calls + 1)
@@ -307,6 +392,9 @@ class BlockedOptimizer(torch.optim.Optimizer):
         dtype = state_dtype(p)
         w2 = matrix_view(p, blocks[0])
         g2 = matrix_view(grad, blocks[0]).to(dtype)
+        owned = self._owned
+        if owned is not None:
+            blocks = [b for b in blocks if b.id in owned]
         first_call = "step" not in pstate
         if first_call:
             pstate["step"] = 0
@@ -320,6 +408,7 @@ class BlockedOptimizer(torch.optim.Optimizer):
                 return
         pstate["step"] += 1
         t = pstate["step"]
+        self._updated = True
         config = self._block_config(group)
         for block in blocks:
             state = self.store.get(block.id)

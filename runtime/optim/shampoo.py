@@ -16,10 +16,11 @@ from typing import Any
 import torch
 
 from runtime.blocking import Block
+from runtime.distributed.packing import FieldLayout, ResultLayout
 from runtime.execution import ExecutionConfig
 from runtime.matrix_functions import EighFailure, inverse_root, is_finite
 from runtime.optim.base import BlockedOptimizer, check_positive, check_probability
-from runtime.plan.spec import SHAMPOO
+from runtime.plan.spec import SHAMPOO, BlockConfig
 from runtime.state import SlotKind, slot
 
 MAX_CONSECUTIVE_ROOT_FAILURES = 3
@@ -210,6 +211,13 @@ class Shampoo(BlockedOptimizer):
         if group["weight_decay"] > 0.0:
             direction = direction.add(w, alpha=group["weight_decay"])
         w.add_(direction.to(w.dtype), alpha=-group["lr"])
+
+    def _result_layout(self, block: Block, config: BlockConfig, dtype: torch.dtype) -> ResultLayout:
+        """The two inverse roots."""
+        a, b = block.shape
+        return ResultLayout(
+            (FieldLayout("L_root", (a, a), dtype), FieldLayout("R_root", (b, b), dtype))
+        )
 
     def _install(self, block: Block, state: ShampooState, result: ShampooRefreshResult) -> None:
         assert state.root_failures is not None

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from runtime.blocking import Block
+from runtime.distributed.packing import FieldLayout, ResultLayout
 from runtime.execution import ExecutionConfig
 from runtime.matrix_functions import (
     eigenbasis,
@@ -27,6 +28,7 @@ from runtime.matrix_functions import (
 )
 from runtime.optim.base import BlockedOptimizer, check_positive, check_probability
 from runtime.plan.spec import SOAP as SOAP_SPEC
+from runtime.plan.spec import BlockConfig
 from runtime.state import SlotKind, slot
 
 
@@ -211,6 +213,15 @@ class SOAP(BlockedOptimizer):
         if state.QL is None and state.QR is None:
             return None
         return BasisRefreshInputs(state.L, state.R, state.QL, state.QR)
+
+    def _result_layout(self, block: Block, config: BlockConfig, dtype: torch.dtype) -> ResultLayout:
+        """New bases of the rotated sides and the column orders applied before their QR step."""
+        fields = []
+        for side, dim in zip(("L", "R"), block.shape, strict=True):
+            if self.spec.rotated(dim, config):
+                fields.append(FieldLayout(f"Q{side}", (dim, dim), dtype))
+                fields.append(FieldLayout(f"perm_{side}", (dim,), torch.int64))
+        return ResultLayout(tuple(fields))
 
     def _install(self, block: Block, state: SOAPState, result: BasisRefreshResult) -> None:
         """Swap in the new bases; permute V and re-express M in the same boundary (§4.3.7)."""

@@ -140,9 +140,9 @@ class CostConfig:
             )
         limit = self.max_precond_dim
         if limit != "reference" and limit is not None:
-            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
                 raise ValueError(
-                    f"max_precond_dim: expected a positive integer, None or 'reference', got {limit!r}"
+                    f"max_precond_dim: expected a non-negative integer, None or 'reference', got {limit!r}"
                 )
             if self.optimizer not in (Optimizer.SOAP, Optimizer.KL_SHAMPOO):
                 raise ValueError("max_precond_dim: applies only to soap and kl-shampoo")

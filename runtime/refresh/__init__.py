@@ -68,8 +68,10 @@ class RefreshPipeline:
         self.executor = executor
         self.publisher = publisher
 
-    def begin_step(self, step: int) -> None:
+    def begin_step(self, step: int, update: int) -> None:
+        """Start of optimizer call ``step``, which makes parameter update ``update`` (t)."""
         self.queue.begin_step(step)
+        self.publisher.at_step(update)
 
     def submit(
         self,
@@ -83,7 +85,8 @@ class RefreshPipeline:
     ) -> None:
         """Queue ``compute(inputs)`` for ``block`` at ``version`` (computed here if this rank owns it)."""
         install = self.queue.install_step(block, version, reference_tau)
-        job = RefreshJob(block, version, step, compute, inputs)
+        inline = not self.executor.asynchronous
+        job = RefreshJob(block, version, step, compute, inputs, install, inline)
         computed = self.executor.run(job) if self.publisher.owns(block) else None
         self.queue.add(block, version, install, self.publisher.publish(job, computed))
 

@@ -34,13 +34,19 @@ from traces.schema import Category
 
 @dataclass(frozen=True)
 class RefreshJob:
-    """``compute(inputs)`` for ``block`` at ``version``, submitted during optimizer step ``step``."""
+    """``compute(inputs)`` for ``block`` at ``version``, submitted during optimizer step ``step``.
+
+    ``install_step`` is when its result is installed (fixed at submission);
+    ``inline`` is whether it is computed at once on the submitting thread.
+    """
 
     block: str
     version: int
     step: int
     compute: Callable[[Any], Any]
     inputs: Any
+    install_step: int = 0
+    inline: bool = False
 
 
 @dataclass(frozen=True)

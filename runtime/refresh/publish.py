@@ -27,6 +27,10 @@ class Publisher(Protocol):
         """The handle this rank installs from; ``computed`` is None where it does not own the block."""
         ...
 
+    def at_step(self, t: int) -> None:
+        """Called at the start of the optimizer step that makes update ``t``, on every rank."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -40,6 +44,9 @@ class LocalPublisher:
         if computed is None:
             raise ValueError(f"block {job.block}: a local publisher needs the computed result")
         return computed
+
+    def at_step(self, t: int) -> None:
+        return None
 
     def close(self) -> None:
         return None
