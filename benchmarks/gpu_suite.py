@@ -11,6 +11,8 @@ ends with ``DIR/summary.md``, which it also prints.
 
 1. ``cuda-tests``: the tests marked ``cuda`` (``pytest -m cuda``), on the GPU.
 2. ``default-run``: the README's main job (SOAP, default GPT, 300 steps).
+   ``nccl``: the data-parallel path under torchrun with one rank (NCCL), both
+   update modes.
 3. ``gpu-gpt``: an 85M-parameter GPT with AdamW and SOAP / KL-Shampoo, sync and
    ``bounded:4`` with refreshes on the host or on the device.
 4. ``pressure``: ``bench_pressure.py`` under a capped CUDA allocator.
@@ -141,6 +143,47 @@ def stage_default_run(ctx: Context) -> StageResult:
     f = run.figures
     detail = f"median {f.median_step_ms:.2f} ms, p99 {f.p99_step_ms:.2f} ms over {f.steps} steps"
     return StageResult("default-run", Status.PASSED, detail=detail, section=section)
+
+
+def stage_nccl(ctx: Context) -> StageResult:
+    """The data-parallel path through NCCL on one GPU: torchrun, one rank, both update modes.
+
+    One rank still joins a process group, wraps the model in DDP, broadcasts
+    every refresh result (replicated) or all-gathers every update (sharded);
+    on the dry run the same path runs on gloo.
+    """
+    runs, lines = [], []
+    for mode in ("replicated", "sharded"):
+        out = ctx.suite.measured / f"torchrun-1rank-{mode}"
+        args = [
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node=1",
+            "-m",
+            "asteria_bench",
+            "run",
+            "--out",
+            str(out),
+            "--update-mode",
+            mode,
+            "--staleness",
+            "bounded:4",
+            "--steps",
+            str(ctx.sizes.default_steps or 100),
+            *ctx.train_args(),
+        ]
+        result = ctx.suite.run(f"nccl-{mode}", args, ctx.timeout_s() / 2)
+        if not result.ok:
+            return StageResult("nccl", Status.FAILED, detail=f"{mode}: {result.failure()}")
+        runs.append(ctx.runs.setdefault(out.name, measured_run(out)))
+        lines.append(f"`python {' '.join(args)}`")
+    section = "\n\n".join([*lines, runs_table(runs, None)])
+    detail = ", ".join(
+        f"{mode} median {r.figures.median_step_ms:.2f} ms"
+        for mode, r in zip(("replicated", "sharded"), runs, strict=True)
+    )
+    return StageResult("nccl", Status.PASSED, detail=detail, section=section)
 
 
 def stage_gpu_gpt(ctx: Context) -> StageResult:
@@ -277,6 +320,7 @@ class Stage:
 STAGES = (
     Stage("cuda-tests", stage_cuda_tests, cap_s=60, needs_s=20),
     Stage("default-run", stage_default_run, cap_s=75, needs_s=30),
+    Stage("nccl", stage_nccl, cap_s=50, needs_s=20),
     Stage("gpu-gpt", stage_gpu_gpt, cap_s=270, needs_s=60),
     Stage("pressure", stage_pressure, cap_s=60, needs_s=25),
     Stage("step", stage_step, cap_s=60, needs_s=25),

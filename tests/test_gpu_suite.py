@@ -61,6 +61,11 @@ def test_dry_run_runs_every_stage_and_writes_the_evidence(tmp_path: Path) -> Non
         assert meta["hardware"]["cpu_model"] and "gpus" in meta["hardware"]
         assert (run / "metrics.parquet").is_file() and (run / "summary.md").is_file()
     assert "not run on the CPU" in summary  # the device-refresh runs need CUDA
+    for mode in ("replicated", "sharded"):  # torchrun, one rank: the NCCL path on a GPU
+        meta = json.loads(
+            (measured / f"torchrun-1rank-{mode}" / "trace" / "metadata.json").read_text()
+        )
+        assert meta["world_size"] == 1 and meta["policies"]["parallel"] == mode
 
     replay = {row["run"]: row for row in pipe_table(summary.split("## replay")[1], "run")}
     assert sorted(replay) == sorted(runs)

@@ -197,13 +197,16 @@ def env_world() -> tuple[int, int, int | None]:
 def init_distributed(
     *, device_type: str, timeout_s: float = 60.0, ranks_per_node: int | None = None
 ) -> DistContext | None:
-    """Join the process group torchrun set up; None when this is a single-process run.
+    """Join the process group torchrun set up; None when not launched by torchrun.
+
+    One rank under torchrun still joins (a process group of one): the same
+    collectives run, which is how a single GPU checks the NCCL path.
 
     ``ranks_per_node`` overrides ``LOCAL_WORLD_SIZE`` (emulated nodes on one machine).
     """
+    if "RANK" not in os.environ:
+        return None  # not launched by torchrun: one process, no process group
     rank, world, local = env_world()
-    if world <= 1:
-        return None
     per_node = ranks_per_node or local or world
     topology = Topology(world, per_node)
     backend = "nccl" if device_type == "cuda" else "gloo"
