@@ -9,10 +9,12 @@ and the folder is renamed only when all are in place.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -25,14 +27,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from asteria_bench.config import RunConfig
 from asteria_bench.errors import UserError
 from asteria_bench.rundir import RunDirectory
-from asteria_bench.train import STEP_METRIC_COLUMNS, StepMetrics, TrainResult, train
+from asteria_bench.train import STEP_METRIC_COLUMNS, StepMetrics, TrainResult, TrainStart, train
 from reports.ranks import RANKS_DIRNAME
 from reports.summary import run_figures, summary_markdown
 from runtime.distributed import DistContext, DistError
 from traces.atomic import atomic_write_bytes, atomic_write_text
 from traces.io import TRACE_DIRNAME, read_trace, write_trace
 from traces.perfetto import PERFETTO_FILENAME, export_chrome_trace
+from traces.recorder import Recorder
 from traces.schema import RunMetadata
+from traces.stream import TraceStream
 
 SCHEDULE_FILENAME = "staleness_schedule.json"
 """An adaptive run's τ choices; rerun with ``--staleness replay:<run>/staleness_schedule.json``."""
@@ -70,7 +74,10 @@ def write_metrics(path: Path, frame: pd.DataFrame) -> None:
 
 
 def build_metadata(
-    config: RunConfig, result: TrainResult, run_id: str, dist: DistContext | None = None
+    config: RunConfig,
+    result: TrainResult | TrainStart,
+    run_id: str,
+    dist: DistContext | None = None,
 ) -> RunMetadata:
     from asteria_bench import __version__
     from runtime.telemetry import collect_hardware, collect_software, git_revision
@@ -94,31 +101,51 @@ def build_metadata(
     )
 
 
-def staleness_figures(result: TrainResult) -> tuple[float, float, int] | None:
-    taus = [c.value for c in result.recorder.counters if c.name == "staleness"]
-    if not taus:
+def staleness_figures(counters: pd.DataFrame) -> tuple[float, float, int] | None:
+    taus = counters.loc[counters["name"] == "staleness", "value"]
+    if taus.empty:
         return None
-    return (sum(taus) / len(taus), max(taus), len(taus))
+    return (float(taus.mean()), float(taus.max()), len(taus))
 
 
-def tier_figures(result: TrainResult) -> dict[str, tuple[int, int]] | None:
-    series: dict[str, list[float]] = {}
-    for c in result.recorder.counters:
-        if c.name == "state_bytes" and c.key is not None:
-            series.setdefault(c.key, []).append(c.value)
+def tier_figures(counters: pd.DataFrame) -> dict[str, tuple[int, int]] | None:
+    state = counters[(counters["name"] == "state_bytes") & counters["key"].notna()]
+    series = {str(key): group["value"] for key, group in state.groupby("key", sort=False)}
     if len(series) <= 1:
         return None
-    return {tier: (int(values[-1]), int(max(values))) for tier, values in series.items()}
+    return {tier: (int(v.iloc[-1]), int(v.max())) for tier, v in series.items()}
+
+
+def _write_trace_of(
+    folder: Path, metadata: RunMetadata, result: TrainResult, stream: TraceStream | None
+) -> None:
+    """Consolidate a streamed trace, or write an in-memory one (runs made by ``train`` alone)."""
+    if stream is not None:
+        stream.finish(result.recorder, metadata)
+    else:
+        write_trace(folder, metadata, result.recorder.spans, result.recorder.counters)
+
+
+def trace_folder(staging: Path, dist: DistContext | None) -> Path:
+    """Where a rank's trace lives: ``trace/`` for rank 0, ``ranks/<r>/trace/`` for the others."""
+    if dist is None or dist.is_leader:
+        return staging
+    return staging / RANKS_DIRNAME / str(dist.rank)
 
 
 def write_rank_trace(
-    staging: Path, config: RunConfig, result: TrainResult, run_id: str, dist: DistContext
+    staging: Path,
+    config: RunConfig,
+    result: TrainResult,
+    run_id: str,
+    dist: DistContext,
+    stream: TraceStream | None = None,
 ) -> None:
     """A non-leader rank's trace, beside the leader's ``trace/``."""
     metadata = build_metadata(config, result, run_id, dist)
-    folder = staging / RANKS_DIRNAME / str(dist.rank)
+    folder = trace_folder(staging, dist)
     folder.mkdir(parents=True, exist_ok=True)
-    write_trace(folder, metadata, result.recorder.spans, result.recorder.counters)
+    _write_trace_of(folder, metadata, result, stream)
 
 
 def write_run(
@@ -127,6 +154,7 @@ def write_run(
     result: TrainResult,
     run_id: str,
     dist: DistContext | None = None,
+    stream: TraceStream | None = None,
 ) -> None:
     atomic_write_text(
         staging / "config.json", json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
@@ -138,8 +166,9 @@ def write_run(
         from runtime.policies.staleness import schedule_to_json
 
         atomic_write_text(staging / SCHEDULE_FILENAME, schedule_to_json(result.staleness_schedule))
-    write_trace(staging, metadata, result.recorder.spans, result.recorder.counters)
-    export_chrome_trace(read_trace(staging), staging / TRACE_DIRNAME / PERFETTO_FILENAME)
+    _write_trace_of(staging, metadata, result, stream)
+    trace = read_trace(staging)
+    export_chrome_trace(trace, staging / TRACE_DIRNAME / PERFETTO_FILENAME)
     if not frame.empty:
         figures = run_figures(frame)
         note = f"Stopped early: {result.stopped_early}." if result.stopped_early else None
@@ -151,8 +180,8 @@ def write_run(
             model=result.model_shape,
             policies=result.policies,
             note=note,
-            staleness=staleness_figures(result),
-            tier_bytes=tier_figures(result),
+            staleness=staleness_figures(trace.counters),
+            tier_bytes=tier_figures(trace.counters),
         )
         if dist is not None:
             text += _ranks_section(staging, dist.world_size)
@@ -193,19 +222,29 @@ def run_job(config: RunConfig, *, out: Path | None, overwrite: bool, quiet: bool
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     staging: Path | None = None
     rows: list[StepMetrics] = []
+    recorder = Recorder(enabled=True)
+    stream: TraceStream | None = None
     try:
         if leader:
             staging = rundir.create()
         if dist is not None:
             staging = Path(dist.share("staging", str(staging) if staging else ""))
         assert staging is not None
-        result = _train_with_progress(config, console, quiet or not leader, rows, dist)
+        stream = TraceStream(trace_folder(staging, dist))
+        run_stream = stream
+
+        def started(info: TrainStart) -> None:
+            run_stream.begin(build_metadata(config, info, out.name, dist))
+
+        result = _train_with_progress(
+            config, console, quiet or not leader, rows, dist, recorder, stream, started
+        )
         if dist is not None and not leader:
-            write_rank_trace(staging, config, result, out.name, dist)
+            write_rank_trace(staging, config, result, out.name, dist, stream)
         if dist is not None:
             dist.barrier()  # every rank's trace is in place
         if leader:
-            write_run(staging, config, result, out.name, dist)
+            write_run(staging, config, result, out.name, dist, stream)
         if result.stopped_early:
             if leader:
                 rundir.mark_incomplete(f"stopped early: {result.stopped_early}")
@@ -215,10 +254,12 @@ def run_job(config: RunConfig, *, out: Path | None, overwrite: bool, quiet: bool
             )
             raise SystemExit(1)
     except KeyboardInterrupt:
+        _keep_trace(stream, recorder)
         if leader:
             rundir.mark_incomplete(f"interrupted after {len(rows)} of {config.train.steps} steps")
         raise
     except BaseException as exc:
+        _keep_trace(stream, recorder)
         if leader and not isinstance(exc, SystemExit):
             rundir.mark_incomplete(f"failed after {len(rows)} steps: {type(exc).__name__}: {exc}")
         if isinstance(exc, (DistError, Terminated)):
@@ -235,6 +276,14 @@ def run_job(config: RunConfig, *, out: Path | None, overwrite: bool, quiet: bool
     if not quiet:
         console.print((final / "summary.md").read_text())
     print(str(final))
+
+
+def _keep_trace(stream: TraceStream | None, recorder: Recorder) -> None:
+    """On the way out of a failed run, flush what the recorder holds: every finished step stays."""
+    if stream is None:
+        return
+    with contextlib.suppress(Exception):
+        stream.flush(recorder)
 
 
 def start_distributed(config: RunConfig) -> DistContext | None:
@@ -258,6 +307,9 @@ def _train_with_progress(
     quiet: bool,
     rows: list[StepMetrics],
     dist: DistContext | None,
+    recorder: Recorder,
+    stream: TraceStream,
+    started: Callable[[TrainStart], None],
 ) -> TrainResult:
     progress = Progress(
         TextColumn("[bold]{task.fields[name]}"),
@@ -282,4 +334,11 @@ def _train_with_progress(
             rows.append(row)
             progress.update(task, advance=1, loss=row.loss, step_ms=row.step_time_ns / 1e6)
 
-        return train(config, progress=on_step, dist=dist)
+        return train(
+            config,
+            progress=on_step,
+            dist=dist,
+            recorder=recorder,
+            stream=stream,
+            started=started,
+        )

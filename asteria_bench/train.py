@@ -30,6 +30,7 @@ from runtime.distributed import DistContext, ParallelConfig, is_collective_failu
 from runtime.execution import ExecutionConfig
 from traces.recorder import Recorder
 from traces.schema import Category, Span, Tier
+from traces.stream import TraceStream
 
 STEP_METRIC_COLUMNS = (
     "step",
@@ -77,6 +78,16 @@ class TrainResult:
 
 
 ProgressCallback = Callable[[StepMetrics], None]
+
+
+@dataclass(frozen=True)
+class TrainStart:
+    """What is known of a run once its optimizer is built: enough for its trace's metadata."""
+
+    model_shape: dict[str, Any]
+    hyperparameters: dict[str, Any]
+    policies: dict[str, str]
+    device: str
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -214,8 +225,15 @@ def train(
     *,
     progress: ProgressCallback | None = None,
     dist: DistContext | None = None,
+    recorder: Recorder | None = None,
+    stream: TraceStream | None = None,
+    started: Callable[[TrainStart], None] | None = None,
 ) -> TrainResult:
     """Run the configured training job and return its metrics and trace.
+
+    With a ``stream`` the trace goes to disk every few steps (``traces.stream``)
+    and only the last steps' spans stay in ``result.recorder``; ``started`` is
+    called once the optimizer is built (the stream's metadata).
 
     Under torchrun (``dist``) the model is wrapped in DDP and every rank takes
     its slice of one global batch (``batch_size`` per rank), drawn from one
@@ -242,7 +260,7 @@ def train(
         )
     )
     model.to(device)
-    recorder = Recorder(enabled=True)
+    recorder = recorder if recorder is not None else Recorder(enabled=True)
     net: torch.nn.Module = model
     if dist is not None:
         from torch.nn.parallel import DistributedDataParallel
@@ -271,6 +289,13 @@ def train(
             spill.close()
         raise UserError(f"--device-budget: {exc}") from None
     base_lrs = [group["lr"] for group in optimizer.param_groups]
+    policies = (
+        execution.describe()
+        if config.optim.name != "adamw"
+        else {"placement": "device", "staleness": "none"}
+    )
+    if started is not None:
+        started(TrainStart(model_description(model, optimizer), hp, policies, str(device)))
     tiered_store = execution.placement is not None and config.optim.name != "adamw"
     generator = torch.Generator().manual_seed(t.seed)
     eval_set = dataset.eval_batches(t.batch_size, m.context, t.eval_batches)
@@ -384,6 +409,8 @@ def train(
                 optimizer_state_bytes=state_bytes,
             )
             metrics.append(row)
+            if stream is not None:
+                stream.step_done(recorder, step)
             if progress is not None:
                 progress(row)
     finally:
@@ -393,11 +420,6 @@ def train(
             close()
         if spill is not None:
             spill.close()
-    policies = (
-        execution.describe()
-        if config.optim.name != "adamw"
-        else {"placement": "device", "staleness": "none"}
-    )
     return TrainResult(
         metrics=metrics,
         recorder=recorder,

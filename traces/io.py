@@ -38,6 +38,7 @@ from traces.schema import (
 )
 
 __all__ = [
+    "CHUNKS_DIRNAME",
     "COUNTERS_FILENAME",
     "COUNTERS_SCHEMA",
     "METADATA_FILENAME",
@@ -46,11 +47,17 @@ __all__ = [
     "TRACE_DIRNAME",
     "Trace",
     "TraceError",
+    "chunk_files",
     "counters_frame",
+    "counters_table",
     "metadata_from_dict",
+    "metadata_json",
     "metadata_to_dict",
+    "read_table",
     "read_trace",
     "spans_frame",
+    "spans_table",
+    "write_table",
     "write_trace",
 ]
 
@@ -58,6 +65,8 @@ TRACE_DIRNAME = "trace"
 METADATA_FILENAME = "metadata.json"
 SPANS_FILENAME = "spans.parquet"
 COUNTERS_FILENAME = "counters.parquet"
+CHUNKS_DIRNAME = "chunks"
+"""``trace/chunks/``: spans and counters a running (or killed) run has written so far."""
 
 _VERSION_KEY = b"asteria_bench.schema_version"
 _FILE_METADATA = {_VERSION_KEY: str(SCHEMA_VERSION).encode()}
@@ -406,18 +415,48 @@ def _trace_dir(path: Path) -> Path:
     raise TraceError(f"{path}: no {TRACE_DIRNAME}/ folder (expected a run directory)")
 
 
+def chunk_files(trace_dir: Path, prefix: str) -> list[Path]:
+    """``trace/chunks/<prefix>-NNNNNN.parquet`` in the order they were written."""
+    folder = Path(trace_dir) / CHUNKS_DIRNAME
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p for p in folder.iterdir() if p.name.startswith(prefix + "-") and p.suffix == ".parquet"
+    )
+
+
+def _read_tables(trace_dir: Path, filename: str, prefix: str, schema: pa.Schema) -> pa.Table:
+    """The consolidated file if the run finished, else every chunk it wrote (possibly none)."""
+    whole = trace_dir / filename
+    chunks = chunk_files(trace_dir, prefix)
+    if not whole.exists() and not chunks and (trace_dir / CHUNKS_DIRNAME).is_dir():
+        return schema.empty_table()  # streaming began, nothing flushed yet
+    if whole.exists() or not chunks:
+        table = _read_table(whole, schema)
+        if filename == SPANS_FILENAME:
+            _check_spans(table, whole)
+        return table
+    tables = []
+    for chunk in chunks:
+        table = _read_table(chunk, schema)
+        if prefix == "spans":
+            _check_spans(table, chunk)
+        tables.append(table)
+    return pa.concat_tables(tables)
+
+
 def read_trace(path: Path) -> Trace:
     """Load the trace of a run; ``path`` is the run directory or its ``trace/`` folder.
 
-    Raises ``TraceError`` (a ``ValueError``) with a one-line message for any
-    missing, unreadable or malformed file.
+    A run that stopped before its trace was consolidated is read from its
+    chunks (``traces.stream``): every step it flushed is there. Raises
+    ``TraceError`` (a ``ValueError``) with a one-line message for any missing,
+    unreadable or malformed file.
     """
     trace_dir = _trace_dir(path)
     metadata = _read_metadata(trace_dir / METADATA_FILENAME)
-    spans_file = trace_dir / SPANS_FILENAME
-    spans = _read_table(spans_file, SPANS_SCHEMA)
-    _check_spans(spans, spans_file)
-    counters = _read_table(trace_dir / COUNTERS_FILENAME, COUNTERS_SCHEMA)
+    spans = _read_tables(trace_dir, SPANS_FILENAME, "spans", SPANS_SCHEMA)
+    counters = _read_tables(trace_dir, COUNTERS_FILENAME, "counters", COUNTERS_SCHEMA)
     return Trace(metadata=metadata, spans=_frame(spans), counters=_frame(counters))
 
 
@@ -425,6 +464,20 @@ def _write_table(table: pa.Table, file: Path) -> None:
     table = table.replace_schema_metadata(_FILE_METADATA)
     with atomic_writer(file) as fh:
         pq.write_table(table, fh, compression="zstd")
+
+
+def metadata_json(metadata: RunMetadata) -> str:
+    """``metadata.json``'s text; refuses what is not plain JSON data (NaN, odd keys)."""
+    try:
+        return json.dumps(metadata_to_dict(metadata), indent=2, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"run metadata is not plain JSON data: {exc}") from None
+
+
+spans_table = _spans_table
+counters_table = _counters_table
+read_table = _read_table
+write_table = _write_table
 
 
 def write_trace(
@@ -440,18 +493,15 @@ def write_trace(
     Raises ``ValueError`` before touching disk if a span ends before it starts
     or the metadata is not plain JSON data (finite numbers, string keys).
     """
-    spans_table = _spans_table(spans)
+    spans_out = _spans_table(spans)
     backwards = [s for s in spans if s.end_ns < s.start_ns]
     if backwards:
         raise ValueError(f"span {backwards[0].name!r} ends before it starts")
-    counters_table = _counters_table(counters)
-    try:
-        text = json.dumps(metadata_to_dict(metadata), indent=2, allow_nan=False) + "\n"
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"run metadata is not plain JSON data: {exc}") from None
+    counters_out = _counters_table(counters)
+    text = metadata_json(metadata)
     trace_dir = Path(run_dir) / TRACE_DIRNAME
     trace_dir.mkdir(parents=True, exist_ok=True)
-    _write_table(spans_table, trace_dir / SPANS_FILENAME)
-    _write_table(counters_table, trace_dir / COUNTERS_FILENAME)
+    _write_table(spans_out, trace_dir / SPANS_FILENAME)
+    _write_table(counters_out, trace_dir / COUNTERS_FILENAME)
     atomic_write_text(trace_dir / METADATA_FILENAME, text)
     return trace_dir

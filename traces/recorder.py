@@ -168,6 +168,19 @@ class Recorder:
             )
         )
 
+    def drain(self) -> tuple[list[Span], list[CounterSample]]:
+        """Take every span and counter recorded so far, leaving the recorder empty of them.
+
+        Safe while other threads record: each list is cut at its length when
+        read, and anything appended after that stays for the next drain.
+        """
+        n_spans, n_counters = len(self.spans), len(self.counters)
+        spans = self.spans[:n_spans]
+        del self.spans[:n_spans]
+        counters = self.counters[:n_counters]
+        del self.counters[:n_counters]
+        return spans, counters
+
     def counter(
         self,
         name: str,
