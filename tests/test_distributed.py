@@ -35,6 +35,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.samples import TINY_RUN
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = str(ROOT / "tests" / "dist_worker.py")
 OPTIMIZERS = ("soap", "shampoo", "kl-shampoo")
@@ -230,27 +232,7 @@ def test_a_hung_rank_is_named_within_the_timeout(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------- the CLI
-TINY = (
-    "--steps",
-    "6",
-    "--n-layer",
-    "1",
-    "--n-embd",
-    "32",
-    "--n-head",
-    "2",
-    "--context",
-    "16",
-    "--batch-size",
-    "4",
-    "--eval-every",
-    "100",
-    "--eval-batches",
-    "1",
-    "--torch-threads",
-    "1",
-    "-q",
-)
+TINY = (*TINY_RUN, "--steps", "6", "--eval-every", "100", "--eval-batches", "1")
 
 
 def test_torchrun_run_writes_one_run_directory_with_a_trace_per_rank(tmp_path: Path) -> None:

@@ -10,34 +10,17 @@ from typing import Any
 
 import pytest
 
+from tests.samples import METADATA
 from traces.io import Trace, counters_frame, read_trace, spans_frame, write_trace
 from traces.perfetto import PERFETTO_FILENAME, chrome_trace_events, export_chrome_trace
 from traces.schema import (
     Category,
     CounterSample,
-    HardwareInfo,
-    RunMetadata,
-    SoftwareInfo,
     Span,
     Tier,
 )
 
 T0 = 1_000_000_000  # an arbitrary clock origin; the export must subtract it
-
-METADATA = RunMetadata(
-    run_id="r1",
-    kind="measured",
-    created_utc="2026-01-01T00:00:00Z",
-    hardware=HardwareInfo("cpu", 2, 1, 1 << 30),
-    software=SoftwareInfo("3.11", "2.13", "Linux", "0.1.0"),
-    optimizer="soap",
-    hyperparameters={},
-    model={},
-    policies={},
-    seed=0,
-    git_revision=None,
-    device="cpu",
-)
 
 SPANS = [
     # a worker track listed first, to check that the main thread still gets tid 1

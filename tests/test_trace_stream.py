@@ -15,29 +15,17 @@ import pytest
 
 from asteria_bench.config import RunConfig
 from asteria_bench.train import train
+from tests.samples import METADATA, TINY_RUN
 from traces.io import CHUNKS_DIRNAME, TRACE_DIRNAME, TraceError, read_trace
 from traces.recorder import Recorder
-from traces.schema import Category, CounterSample, HardwareInfo, RunMetadata, SoftwareInfo
+from traces.schema import Category, CounterSample, RunMetadata
 from traces.stream import TraceStream
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def metadata() -> RunMetadata:
-    return RunMetadata(
-        run_id="r",
-        kind="measured",
-        created_utc="2026-01-01T00:00:00+00:00",
-        hardware=HardwareInfo("cpu", 2, 2, 1 << 30),
-        software=SoftwareInfo("3.11", "2.13", "linux", "0.1.0"),
-        optimizer="soap",
-        hyperparameters={},
-        model={},
-        policies={},
-        seed=0,
-        git_revision=None,
-        device="cpu",
-    )
+    return METADATA
 
 
 def test_flushes_while_threads_record_lose_and_double_nothing(tmp_path: Path) -> None:
@@ -127,21 +115,9 @@ def test_a_killed_run_keeps_every_flushed_step(tmp_path: Path) -> None:
         "run",
         "--steps",
         "100000",
-        "--n-layer",
-        "1",
-        "--n-embd",
-        "32",
-        "--n-head",
-        "2",
-        "--context",
-        "16",
-        "--batch-size",
-        "4",
         "--eval-every",
         "100000",
-        "--torch-threads",
-        "1",
-        "-q",
+        *TINY_RUN,
         "--out",
         str(out),
     ]

@@ -48,6 +48,7 @@ __all__ = [
     "Trace",
     "TraceError",
     "chunk_files",
+    "concat_parquet",
     "counters_frame",
     "counters_table",
     "metadata_from_dict",
@@ -472,6 +473,23 @@ def metadata_json(metadata: RunMetadata) -> str:
         return json.dumps(metadata_to_dict(metadata), indent=2, allow_nan=False) + "\n"
     except (TypeError, ValueError) as exc:
         raise ValueError(f"run metadata is not plain JSON data: {exc}") from None
+
+
+def concat_parquet(files: Sequence[Path], schema: pa.Schema, target: Path) -> None:
+    """Write the tables of ``files`` one after another into ``target`` (atomically).
+
+    One file is in memory at a time, so consolidating a long run's chunks
+    takes the memory of a chunk, not of the run.
+    """
+    with atomic_writer(target) as fh:
+        writer = pq.ParquetWriter(fh, schema.with_metadata(_FILE_METADATA), compression="zstd")
+        try:
+            for file in files:
+                writer.write_table(
+                    _read_table(file, schema).replace_schema_metadata(_FILE_METADATA)
+                )
+        finally:
+            writer.close()
 
 
 spans_table = _spans_table

@@ -16,8 +16,6 @@ import shutil
 import time
 from pathlib import Path
 
-import pyarrow as pa
-
 from traces.atomic import atomic_write_text
 from traces.io import (
     CHUNKS_DIRNAME,
@@ -27,9 +25,9 @@ from traces.io import (
     SPANS_SCHEMA,
     TRACE_DIRNAME,
     chunk_files,
+    concat_parquet,
     counters_table,
     metadata_json,
-    read_table,
     spans_table,
     write_table,
 )
@@ -83,9 +81,7 @@ class TraceStream:
             (SPANS_FILENAME, SPANS_SCHEMA, "spans"),
             (COUNTERS_FILENAME, COUNTERS_SCHEMA, "counters"),
         ):
-            tables = [read_table(f, schema) for f in chunk_files(self.trace_dir, prefix)]
-            table = pa.concat_tables(tables) if tables else schema.empty_table()
-            write_table(table, self.trace_dir / name)
+            concat_parquet(chunk_files(self.trace_dir, prefix), schema, self.trace_dir / name)
         shutil.rmtree(self.chunks_dir, ignore_errors=True)
         atomic_write_text(self.trace_dir / "metadata.json", metadata_json(metadata))
         return self.trace_dir

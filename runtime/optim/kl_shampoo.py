@@ -18,11 +18,18 @@ from typing import Any
 import torch
 
 from runtime.blocking import Block
-from runtime.distributed.packing import FieldLayout, ResultLayout
+from runtime.distributed.packing import ResultLayout
 from runtime.execution import ExecutionConfig
 from runtime.matrix_functions import eigenbasis, is_finite, qr_refresh
 from runtime.optim.base import BlockedOptimizer, check_positive, check_probability
-from runtime.optim.soap import BasisRefreshInputs, BasisRefreshResult, rotate_in, rotate_out
+from runtime.optim.soap import (
+    BasisRefreshInputs,
+    BasisRefreshResult,
+    basis_refresh_inputs,
+    basis_result_layout,
+    rotate_in,
+    rotate_out,
+)
 from runtime.plan.spec import KL_SHAMPOO, BlockConfig
 from runtime.state import SlotKind, slot
 
@@ -188,17 +195,11 @@ class KLShampoo(BlockedOptimizer):
     def _refresh_inputs(
         self, state: KLShampooState, group: dict[str, Any], t: int
     ) -> BasisRefreshInputs | None:
-        if state.QL is None and state.QR is None:
-            return None
-        return BasisRefreshInputs(state.L, state.R, state.QL, state.QR)
+        return basis_refresh_inputs(state)
 
     def _result_layout(self, block: Block, config: BlockConfig, dtype: torch.dtype) -> ResultLayout:
         """New bases of the rotated sides (KL-Shampoo does not sort)."""
-        fields = []
-        for side, dim in zip(("L", "R"), block.shape, strict=True):
-            if self.spec.rotated(dim, config):
-                fields.append(FieldLayout(f"Q{side}", (dim, dim), dtype))
-        return ResultLayout(tuple(fields))
+        return basis_result_layout(self.spec, block, config, dtype, permutations=False)
 
     def _install(self, block: Block, state: KLShampooState, result: BasisRefreshResult) -> None:
         """Replace Q only; d carries over unchanged, as in the reference (§6)."""

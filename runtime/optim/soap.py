@@ -28,7 +28,7 @@ from runtime.matrix_functions import (
 )
 from runtime.optim.base import BlockedOptimizer, check_positive, check_probability
 from runtime.plan.spec import SOAP as SOAP_SPEC
-from runtime.plan.spec import BlockConfig
+from runtime.plan.spec import BlockConfig, OptimizerSpec
 from runtime.state import SlotKind, slot
 
 
@@ -78,6 +78,32 @@ def compute_soap_refresh(inputs: BasisRefreshInputs) -> BasisRefreshResult:
         setattr(result, f"Q{side}", q_new)
         setattr(result, f"perm_{side}", permutation)
     return result
+
+
+def basis_refresh_inputs(state: Any) -> BasisRefreshInputs | None:
+    """Factors and bases of a SOAP or KL-Shampoo block at version v (None: no side rotated)."""
+    if state.QL is None and state.QR is None:
+        return None
+    return BasisRefreshInputs(state.L, state.R, state.QL, state.QR)
+
+
+def basis_result_layout(
+    spec: OptimizerSpec,
+    block: Block,
+    config: BlockConfig,
+    dtype: torch.dtype,
+    *,
+    permutations: bool,
+) -> ResultLayout:
+    """Every field a basis refresh of ``block`` may hold: the new bases of its rotated sides,
+    and with ``permutations`` (SOAP) the column orders applied before their QR step."""
+    fields = []
+    for side, dim in zip(("L", "R"), block.shape, strict=True):
+        if spec.rotated(dim, config):
+            fields.append(FieldLayout(f"Q{side}", (dim, dim), dtype))
+            if permutations:
+                fields.append(FieldLayout(f"perm_{side}", (dim,), torch.int64))
+    return ResultLayout(tuple(fields))
 
 
 def rotate_in(x: torch.Tensor, ql: torch.Tensor | None, qr: torch.Tensor | None) -> torch.Tensor:
@@ -210,18 +236,10 @@ class SOAP(BlockedOptimizer):
     def _refresh_inputs(
         self, state: SOAPState, group: dict[str, Any], t: int
     ) -> BasisRefreshInputs | None:
-        if state.QL is None and state.QR is None:
-            return None
-        return BasisRefreshInputs(state.L, state.R, state.QL, state.QR)
+        return basis_refresh_inputs(state)
 
     def _result_layout(self, block: Block, config: BlockConfig, dtype: torch.dtype) -> ResultLayout:
-        """New bases of the rotated sides and the column orders applied before their QR step."""
-        fields = []
-        for side, dim in zip(("L", "R"), block.shape, strict=True):
-            if self.spec.rotated(dim, config):
-                fields.append(FieldLayout(f"Q{side}", (dim, dim), dtype))
-                fields.append(FieldLayout(f"perm_{side}", (dim,), torch.int64))
-        return ResultLayout(tuple(fields))
+        return basis_result_layout(self.spec, block, config, dtype, permutations=True)
 
     def _install(self, block: Block, state: SOAPState, result: BasisRefreshResult) -> None:
         """Swap in the new bases; permute V and re-express M in the same boundary (§4.3.7)."""
