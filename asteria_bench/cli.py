@@ -348,6 +348,13 @@ def simulate(
         str | None,
         typer.Option(help="host memory for optimizer state (default: the profile's)"),
     ] = None,
+    update_mode: Annotated[
+        str,
+        typer.Option(
+            help="sharded (owners update their blocks, updates all-gathered) | replicated"
+            " (every rank updates every block, owners' refreshed bases published)"
+        ),
+    ] = "sharded",
     scenario: Annotated[
         str | None,
         typer.Option(help="a preset comparing AdamW, synchronous and asteria: gb10-1b, gh200-7b"),
@@ -393,6 +400,7 @@ def simulate(
         tokens_per_rank=tokens_per_rank,
         workers=workers,
         placement=placement,
+        update_mode=update_mode,
     )
     if device_budget is not None:
         values["device_budget"] = device_budget

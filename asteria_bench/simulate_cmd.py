@@ -107,6 +107,7 @@ SWEEPABLE = (
     "placement",
     "device_budget",
     "host_budget",
+    "update_mode",
 )
 SIZES = ("device_budget", "host_budget")
 
@@ -173,6 +174,8 @@ def validate_whatif(w: WhatIf) -> None:
         ) from None
     if w.root_device not in ("host", "device"):
         raise UserError(f"--root-device: expected host or device, got {w.root_device!r}")
+    if w.update_mode not in ("sharded", "replicated"):
+        raise UserError(f"--update-mode: expected sharded or replicated, got {w.update_mode!r}")
     try:
         parse_placement(w.placement)
     except ValueError:
@@ -272,6 +275,8 @@ def results_frame(results: list[WhatIfResult]) -> pd.DataFrame:
             transfer_wait_ms_per_step=r.transfer_wait_ms_per_step,
             worker_utilisation=r.worker_utilisation,
             lower_bound_ms=r.lower_bound_ms,
+            publish_gb_per_step=r.projection.publish_bytes_per_step / 1e9,
+            allreduce_ms=r.projection.allreduce_ns / 1e6,
         )
         rows.append(row)
     return pd.DataFrame(rows)

@@ -209,7 +209,8 @@ def project(
                     else (),
                 )
             )
-            publish_bytes += basis_bytes / deploy.precondition_frequency
+            if not sharded:  # replicated: refreshed bases go from owners to every rank
+                publish_bytes += basis_bytes / deploy.precondition_frequency
         # the AdamW fallback of 1-D parameters, elementwise and bandwidth-bound
         vectors = sum(v.size * v.count for v in shape.vectors())
         optimizer_other_s = (

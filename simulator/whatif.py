@@ -45,6 +45,7 @@ class WhatIf:
     placement: str = "device"  # device | host | lifecycle | pressure[:LOW_MiB:HIGH_MiB]
     device_budget: int | None = None  # bytes; None: the profile's device memory
     host_budget: int | None = None  # bytes; None: the profile's host memory
+    update_mode: str = "sharded"  # or replicated: what moves between ranks
     label: str = ""
 
     def describe(self) -> str:
@@ -100,6 +101,7 @@ def run_whatif(w: WhatIf, efficiency: Efficiency | None = None) -> WhatIfResult:
         gpus_per_node=w.gpus_per_node,
         root_device=w.root_device,
         workers=w.workers,
+        shard_optimizer=w.update_mode == "sharded",
     )
     proj = project(shape, profile, deploy, efficiency)
     tiering = tiering_of(w, profile, proj, (efficiency or Efficiency()).copy)

@@ -168,3 +168,39 @@ def test_convergence_ratios_and_time_to_target(tmp_path: Path) -> None:
     path.write_text("{}")
     with pytest.raises(ConvergenceError, match=r"summary\.json"):
         load_ratios(path)
+
+
+def test_update_modes_move_what_the_runtime_moves(tmp_path: Path) -> None:
+    """Replicated: every rank runs every hot path and owners publish bases; sharded: neither."""
+    common = dict(hardware="gh200", model="1b", optimizer="soap", nodes=2, gpus_per_node=2)
+    sharded = run_whatif(WhatIf(**common, steps=20, update_mode="sharded"))  # type: ignore[arg-type]
+    replicated = run_whatif(WhatIf(**common, steps=20, update_mode="replicated"))  # type: ignore[arg-type]
+    assert sharded.projection.publish_bytes_per_step == 0
+    assert replicated.projection.publish_bytes_per_step > 0
+    assert replicated.state_gib_per_rank > 3 * sharded.state_gib_per_rank  # 4 ranks share it
+    assert replicated.median_ms > sharded.median_ms  # the whole hot path on every rank
+    out = tmp_path / "sweep"
+    assert (
+        run_cli(
+            [
+                "simulate",
+                "--model",
+                "1b",
+                "--nodes",
+                "2",
+                "--gpus-per-node",
+                "2",
+                "--update-mode",
+                "sharded,replicated",
+                "--steps",
+                "10",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    frame = pd.read_csv(out / "simulate.csv")
+    assert list(frame["update_mode"]) == ["sharded", "replicated"]
+    assert (frame["publish_gb_per_step"] > 0).tolist() == [False, True]
+    assert run_cli(["simulate", "--update-mode", "mirrored"]) == 2
