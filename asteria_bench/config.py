@@ -11,6 +11,7 @@ explicit so that ``config.json`` records every value actually used.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import sys
 import types
@@ -168,6 +169,28 @@ def resolved_optimizer(optim: OptimSection) -> dict[str, Any]:
     return values
 
 
+def resolved_config(
+    config: RunConfig, *, device: str, torch_threads: int, stagger: bool
+) -> dict[str, Any]:
+    """``config`` with every value the run used in place of "use the default" (``config.json``).
+
+    The optimizer section holds the resolved hyperparameters of the chosen
+    optimizer (preset overlaid with what the user set; SOAP's and KL-Shampoo's
+    factor β spelled out) and leaves out those it does not use; ``None``
+    remains only where it is itself the value used (``block_size``: unblocked).
+    Fed back with ``run --config RUN/config.json`` it reproduces the run.
+    """
+    out = config.to_dict()
+    optim = {"name": config.optim.name, **resolved_optimizer(config.optim)}
+    if config.optim.name in ("soap", "kl-shampoo") and optim.get("shampoo_beta") is None:
+        optim["shampoo_beta"] = optim["beta2"]
+    out["optim"] = optim
+    out["train"]["device"] = device
+    out["train"]["torch_threads"] = torch_threads
+    out["runtime"]["stagger"] = stagger
+    return out
+
+
 # ------------------------------------------------------------------ validation
 def validate(config: RunConfig) -> None:
     """Raise UserError naming the option for the first invalid value."""
@@ -316,6 +339,11 @@ def load_config_file(path: Path) -> dict[str, Any]:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise UserError(f"--config: {path}: invalid TOML ({exc})") from None
+    elif suffix == ".json":
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise UserError(f"--config: {path}: invalid JSON ({exc})") from None
     elif suffix in (".yaml", ".yml"):
         import yaml
 
@@ -328,7 +356,7 @@ def load_config_file(path: Path) -> dict[str, Any]:
         if data is None:
             data = {}
     else:
-        raise UserError(f"--config: {path}: expected a .toml, .yaml or .yml file")
+        raise UserError(f"--config: {path}: expected a .toml, .yaml, .yml or .json file")
     if not isinstance(data, dict):
         raise UserError(f"--config: {path}: expected a mapping of sections at the top level")
     return data

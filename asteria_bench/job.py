@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -95,10 +96,24 @@ def build_metadata(
         seed=config.train.seed,
         git_revision=git_revision(Path(__file__).resolve().parent),
         device=result.device,
-        config=config.to_dict(),
+        config=resolved(config, result.device),
         rank=0 if dist is None else dist.rank,
         world_size=1 if dist is None else dist.world_size,
     )
+
+
+def resolved(config: RunConfig, device: str) -> dict[str, Any]:
+    """The run's full configuration as used (``config.json``, the trace's metadata)."""
+    import torch
+
+    from asteria_bench.config import resolved_config
+    from runtime.policies.staleness import parse_staleness
+
+    r = config.runtime
+    stagger = parse_staleness(r.staleness).asynchronous if r.stagger is None else r.stagger
+    threads = config.train.torch_threads or torch.get_num_threads()
+    kind = device.split(":")[0]  # "cuda:0" ran as --device cuda
+    return resolved_config(config, device=kind, torch_threads=threads, stagger=stagger)
 
 
 def staleness_figures(counters: pd.DataFrame) -> tuple[float, float, int] | None:
@@ -157,7 +172,8 @@ def write_run(
     stream: TraceStream | None = None,
 ) -> None:
     atomic_write_text(
-        staging / "config.json", json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n"
+        staging / "config.json",
+        json.dumps(resolved(config, result.device), indent=2, sort_keys=True) + "\n",
     )
     frame = metrics_frame(result.metrics)
     write_metrics(staging / "metrics.parquet", frame)
@@ -217,7 +233,7 @@ def run_job(config: RunConfig, *, out: Path | None, overwrite: bool, quiet: bool
     out = out if out is not None else default_out(config)
     if dist is not None:
         out = Path(dist.share("out", str(out)))
-    rundir = RunDirectory(out, overwrite=overwrite)
+    rundir = _leader_run_directory(out, overwrite, dist) if leader else None
     console = Console(stderr=True, quiet=quiet or not leader)
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     staging: Path | None = None
@@ -225,10 +241,13 @@ def run_job(config: RunConfig, *, out: Path | None, overwrite: bool, quiet: bool
     recorder = Recorder(enabled=True)
     stream: TraceStream | None = None
     try:
-        if leader:
+        if rundir is not None:
             staging = rundir.create()
         if dist is not None:
-            staging = Path(dist.share("staging", str(staging) if staging else ""))
+            shared = dist.share("staging", str(staging) if staging else "")
+            if shared.startswith("!"):  # the leader refused --out; say what it said
+                raise UserError(shared[1:])
+            staging = Path(shared)
         assert staging is not None
         stream = TraceStream(trace_folder(staging, dist))
         run_stream = stream
@@ -246,7 +265,7 @@ def run_job(config: RunConfig, *, out: Path | None, overwrite: bool, quiet: bool
         if leader:
             write_run(staging, config, result, out.name, dist, stream)
         if result.stopped_early:
-            if leader:
+            if rundir is not None:
                 rundir.mark_incomplete(f"stopped early: {result.stopped_early}")
             print(
                 f"asteria-bench: run stopped early ({result.stopped_early}); see {staging}",
@@ -255,12 +274,12 @@ def run_job(config: RunConfig, *, out: Path | None, overwrite: bool, quiet: bool
             raise SystemExit(1)
     except KeyboardInterrupt:
         _keep_trace(stream, recorder)
-        if leader:
+        if rundir is not None:
             rundir.mark_incomplete(f"interrupted after {len(rows)} of {config.train.steps} steps")
         raise
     except BaseException as exc:
         _keep_trace(stream, recorder)
-        if leader and not isinstance(exc, SystemExit):
+        if rundir is not None and not isinstance(exc, SystemExit):
             rundir.mark_incomplete(f"failed after {len(rows)} steps: {type(exc).__name__}: {exc}")
         if isinstance(exc, (DistError, Terminated)):
             print(f"asteria-bench: {exc}", file=sys.stderr)
@@ -270,12 +289,22 @@ def run_job(config: RunConfig, *, out: Path | None, overwrite: bool, quiet: bool
         signal.signal(signal.SIGTERM, previous)
         if dist is not None:
             dist.close()
-    if not leader:
+    if rundir is None:
         return
     final = rundir.finish()
     if not quiet:
         console.print((final / "summary.md").read_text())
     print(str(final))
+
+
+def _leader_run_directory(out: Path, overwrite: bool, dist: DistContext | None) -> RunDirectory:
+    """The run directory (rank 0 only); a refused ``--out`` is told to the other ranks too."""
+    try:
+        return RunDirectory(out, overwrite=overwrite)
+    except UserError as exc:
+        if dist is not None:
+            dist.share("staging", "!" + str(exc))
+        raise
 
 
 def _keep_trace(stream: TraceStream | None, recorder: Recorder) -> None:

@@ -25,6 +25,19 @@ def is_finished_run(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file() and not (path / MARKER).exists()
 
 
+def made_by_us(path: Path) -> bool:
+    """A run directory this tool wrote (its config and trace metadata), or an empty folder.
+
+    ``--overwrite`` replaces only these: never a folder a user made for
+    something else, whatever it holds.
+    """
+    if not path.is_dir():
+        return False
+    if not any(path.iterdir()):
+        return True
+    return (path / "config.json").is_file() and (path / "trace" / "metadata.json").is_file()
+
+
 class RunDirectory:
     """The staging folder of one run and its promotion to the final name."""
 
@@ -35,6 +48,16 @@ class RunDirectory:
             raise UserError(f"--out: {out} already exists; choose another path or pass --overwrite")
         if out.exists() and not out.is_dir():
             raise UserError(f"--out: {out} exists and is not a folder")
+        if out.exists() and not made_by_us(out):
+            raise UserError(
+                f"--out: {out} is not a run directory of asteria-bench; --overwrite replaces"
+                " only those (or an empty folder)"
+            )
+        if self.staging.exists() and not (self.staging / MARKER).is_file():
+            raise UserError(
+                f"--out: {self.staging} exists and is not an unfinished run of asteria-bench;"
+                " move it away or choose another --out"
+            )
 
     def create(self) -> Path:
         if self.staging.exists():

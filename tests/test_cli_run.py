@@ -156,7 +156,9 @@ def test_bad_input_is_one_line_and_exit_2(
         ("unknown.toml", "[train]\nstepz = 3\n", "train.stepz"),
         ("section.toml", "[trian]\nsteps = 3\n", "trian"),
         ("type.yaml", "train:\n  steps: many\n", "train.steps"),
-        ("bad.json", "{}", ".toml, .yaml or .yml"),
+        ("bad.ini", "{}", ".toml, .yaml, .yml or .json"),
+        ("bad.json", "{", "invalid JSON"),
+        ("null.json", '{"optim": {"lr": "fast"}}', "optim.lr"),
     ],
 )
 def test_bad_config_files(
@@ -279,3 +281,51 @@ def test_replay_of_a_missing_schedule_is_one_line(
     )
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "/no/such.json" in err
+
+
+@pytest.mark.parametrize("optimizer", ["soap", "shampoo", "kl-shampoo", "adamw"])
+def test_config_json_is_complete_and_reproduces_the_run(tmp_path: Path, optimizer: str) -> None:
+    """config.json holds every value used (no "use the default" nulls), and fed back, the same run."""
+    import pandas as pd
+
+    first = tmp_path / "first"
+    args = ["--steps", "5", "--optimizer", optimizer, "--staleness", "bounded:2"]
+    if optimizer == "adamw":
+        args = ["--steps", "5", "--optimizer", optimizer]
+    assert run_cli(["run", *args, "--out", str(first), *TINY]) == 0
+    config = json.loads((first / "config.json").read_text())
+    optim = config["optim"]
+    assert all(v is not None for k, v in optim.items() if k != "block_size"), optim
+    assert {"lr", "beta1", "beta2", "eps", "weight_decay"} <= set(optim)
+    if optimizer in ("soap", "kl-shampoo"):
+        assert optim["shampoo_beta"] == optim["beta2"]
+    assert config["train"]["device"] == "cpu" and config["train"]["torch_threads"] >= 1
+    assert config["runtime"]["stagger"] is (optimizer != "adamw")
+    second = tmp_path / "second"
+    assert run_cli(["run", "--config", str(first / "config.json"), "--out", str(second)]) == 0
+    assert json.loads((second / "config.json").read_text()) == config
+    a = pd.read_parquet(first / "metrics.parquet")
+    b = pd.read_parquet(second / "metrics.parquet")
+    assert a["loss"].tolist() == b["loss"].tolist()
+
+
+def test_overwrite_replaces_only_a_run_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    precious = tmp_path / "thesis"
+    precious.mkdir()
+    (precious / "chapter1.tex").write_text("years of work")
+    rc = run_cli(["run", "--steps", "2", "--out", str(precious), "--overwrite", *TINY])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "not a run directory" in err
+    assert (precious / "chapter1.tex").read_text() == "years of work"
+    stray = tmp_path / "run.incomplete"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("mine")
+    rc = run_cli(["run", "--steps", "2", "--out", str(tmp_path / "run"), *TINY])
+    assert rc == 2 and "not an unfinished run" in capsys.readouterr().err
+    assert (stray / "notes.txt").read_text() == "mine"
+    run = tmp_path / "ok"
+    assert run_cli(["run", "--steps", "2", "--out", str(run), *TINY]) == 0
+    assert run_cli(["run", "--steps", "3", "--out", str(run), "--overwrite", *TINY]) == 0
+    assert json.loads((run / "config.json").read_text())["train"]["steps"] == 3

@@ -341,3 +341,17 @@ def test_update_mode_and_adaptive_staleness_are_checked(
     assert "--staleness: adaptive:4 picks install steps from each rank's own timings" in (
         proc.stderr
     )
+
+
+def test_a_refused_out_is_one_line_on_every_rank_at_once(tmp_path: Path) -> None:
+    precious = tmp_path / "mine"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("mine")
+    start = time.monotonic()
+    proc = torchrun(
+        2, "-m", "asteria_bench", "run", *TINY, "--out", str(precious), "--overwrite", timeout=120
+    )
+    assert proc.returncode != 0
+    assert time.monotonic() - start < 40, "the other rank must not wait for a timeout"
+    assert proc.stderr.count("is not a run directory of asteria-bench") == 2, proc.stderr[-2000:]
+    assert (precious / "notes.txt").read_text() == "mine"
