@@ -301,6 +301,10 @@ def replay(
     out: Annotated[
         Path | None, typer.Option(help="also write the simulated run's trace here")
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="replace an --out folder that asteria-bench wrote"),
+    ] = False,
 ) -> None:
     """Simulate a measured run on its own measured costs; print measured vs simulated.
 
@@ -308,7 +312,7 @@ def replay(
     """
     from asteria_bench.simulate_cmd import replay_command
 
-    replay_command(run_dir, calibrate_on=calibrate_on, out=out)
+    replay_command(run_dir, calibrate_on=calibrate_on, out=out, overwrite=overwrite)
 
 
 @app.command()
@@ -377,6 +381,10 @@ def simulate(
         str | None,
         typer.Option(help="the profile (name or .toml) of the machine that run was measured on"),
     ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="replace an --out folder that asteria-bench wrote"),
+    ] = False,
 ) -> None:
     """Simulate training on other hardware and policies (comma-separated values sweep).
 
@@ -413,6 +421,7 @@ def simulate(
         convergence=convergence,
         calibrate_on=calibrate_on,
         calibration_profile=calibration_profile,
+        overwrite=overwrite,
     )
 
 
@@ -427,6 +436,9 @@ def profile(
     ] = None,
     no_disk: Annotated[bool, typer.Option("--no-disk", help="skip the disk measurement")] = False,
     quick: Annotated[bool, typer.Option("--quick", help="small sizes, a few seconds")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="replace an existing profile file at --out")
+    ] = False,
 ) -> None:
     """Measure this machine (GEMM, eigh, memory, pinned copies, disk) into a hardware profile.
 
@@ -435,7 +447,9 @@ def profile(
     """
     from asteria_bench.profile_cmd import profile_command
 
-    profile_command(out, name=name, disk_dir=disk_dir, no_disk=no_disk, quick=quick)
+    profile_command(
+        out, name=name, disk_dir=disk_dir, no_disk=no_disk, quick=quick, overwrite=overwrite
+    )
 
 
 def _click_classes(name: str) -> tuple[type[BaseException], ...]:

@@ -147,10 +147,17 @@ def to_profile(m: Measurements, name: str) -> HardwareProfile:
 
 
 def profile_command(
-    out: Path, *, name: str, disk_dir: Path | None, no_disk: bool, quick: bool
+    out: Path,
+    *,
+    name: str,
+    disk_dir: Path | None,
+    no_disk: bool,
+    quick: bool,
+    overwrite: bool = False,
 ) -> None:
-    if out.exists() and out.is_dir():
-        raise UserError(f"--out: {out} is a folder; expected a .toml file path")
+    from asteria_bench.outputs import check_out_file
+
+    check_out_file(out, overwrite=overwrite)
     if disk_dir is not None and not disk_dir.is_dir():
         raise UserError(f"--disk-dir: {disk_dir} is not a folder")
     directory = None if no_disk else (disk_dir or Path(tempfile.gettempdir()))

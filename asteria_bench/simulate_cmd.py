@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from asteria_bench.errors import UserError
+from asteria_bench.outputs import check_out_folder, write_out_folder
 from simulator.calibration import Calibration
 from simulator.convergence import (
     DEFAULT_FILE,
@@ -30,12 +31,6 @@ from traces.io import TraceError, read_trace, write_trace
 def _check_run(path: Path, option: str) -> None:
     if not (path / "metrics.parquet").is_file():
         raise UserError(f"{option}: {path} is not a finished run directory (no metrics.parquet)")
-
-
-def _check_out(out: Path | None) -> None:
-    """Refuse an ``--out`` that cannot be a folder before any work is done."""
-    if out is not None and out.exists() and not out.is_dir():
-        raise UserError(f"--out: {out} is a file; expected a folder to write into")
 
 
 def _console() -> Console:
@@ -62,9 +57,11 @@ def fidelity_table(fidelity: Fidelity, title: str) -> Table:
     return table
 
 
-def replay_command(run_dir: Path, *, calibrate_on: Path | None, out: Path | None) -> None:
+def replay_command(
+    run_dir: Path, *, calibrate_on: Path | None, out: Path | None, overwrite: bool = False
+) -> None:
     _check_run(run_dir, "RUN_DIR")
-    _check_out(out)
+    check_out_folder(out, overwrite=overwrite)
     if calibrate_on is not None:
         _check_run(calibrate_on, "--calibrate-on")
     try:
@@ -85,8 +82,12 @@ def replay_command(run_dir: Path, *, calibrate_on: Path | None, out: Path | None
             run_id=f"{measured.metadata.run_id}-replay",
             created_utc=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         )
-        out.mkdir(parents=True, exist_ok=True)
-        write_trace(out, metadata, result.recorder.spans, result.recorder.counters)
+        spans, counters = result.recorder.spans, result.recorder.counters
+
+        def write(folder: Path) -> None:
+            write_trace(folder, metadata, spans, counters)
+
+        write_out_folder(out, "replay", write)
         print(str(out))
 
 
@@ -290,6 +291,7 @@ def simulate_command(
     convergence: Path | None = None,
     calibrate_on: Path | None = None,
     calibration_profile: str | None = None,
+    overwrite: bool = False,
 ) -> None:
     import time
 
@@ -313,7 +315,7 @@ def simulate_command(
         )
     for w in whatifs:
         validate_whatif(w)
-    _check_out(out)
+    check_out_folder(out, overwrite=overwrite)
     ratios: list[StepsRatio] = []
     source = convergence if convergence is not None else DEFAULT_FILE
     if convergence is not None or DEFAULT_FILE.exists():
@@ -360,14 +362,16 @@ def simulate_command(
             " fraction of its roofline."
         )
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
         frame = results_frame(results)
         from asteria_bench.simulated_runs import write_simulated_runs
         from traces.atomic import atomic_write_text
 
-        atomic_write_text(out / "simulate.csv", frame.to_csv(index=False))
-        folders = write_simulated_runs(results, out, efficiencies)
-        print(f"{out / 'simulate.csv'} and {len(folders)} simulated run(s) under {out}")
+        def write(folder: Path) -> None:
+            atomic_write_text(folder / "simulate.csv", frame.to_csv(index=False))
+            write_simulated_runs(results, folder, efficiencies)
+
+        write_out_folder(out, "simulate", write)
+        print(f"{out / 'simulate.csv'} and {len(results)} simulated run(s) under {out}")
 
 
 def _calibration(run_dir: Path | None, profile: str | None) -> Calibration | None:

@@ -44,3 +44,19 @@ def test_profile_refuses_a_folder_as_out(
 ) -> None:
     assert run_cli(["profile", "--out", str(tmp_path), "--quick", "--no-disk"]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+def test_profile_out_is_replaced_only_with_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "local.toml"
+    out.write_text("# my hand-tuned profile\n")
+    assert run_cli(["profile", "--out", str(out), "--quick", "--no-disk"]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert out.read_text() == "# my hand-tuned profile\n"
+    assert run_cli(["profile", "--out", str(out), "--quick", "--no-disk", "--overwrite"]) == 0
+    assert out.read_text() != "# my hand-tuned profile\n"
+    missing = tmp_path / "no" / "such" / "p.toml"
+    assert run_cli(["profile", "--out", str(missing), "--quick", "--no-disk"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "does not exist" in err and len(err.splitlines()) == 1

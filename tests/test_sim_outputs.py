@@ -111,3 +111,32 @@ def test_an_out_that_is_a_file_is_refused_before_simulating(
     err = capsys.readouterr().err.strip()
     assert "--out:" in err and "expected a folder" in err and len(err.splitlines()) == 1
     assert target.read_text() == "keep me\n"
+
+
+def test_simulate_and_replay_never_write_over_what_they_did_not_write(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "sweep"
+    assert run_cli([*SIM, "--placement", "device,lifecycle", "--out", str(out)]) == 0
+    assert len([p for p in out.iterdir() if p.is_dir()]) == 2
+    assert run_cli([*SIM, "--out", str(out)]) == 2  # not empty, no --overwrite
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert run_cli([*SIM, "--out", str(out), "--overwrite"]) == 0  # ours: replaced whole
+    assert len([p for p in out.iterdir() if p.is_dir()]) == 1, "old configurations left behind"
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    assert run_cli([*SIM, "--out", str(mine), "--overwrite"]) == 2
+    assert "was not written by asteria-bench" in capsys.readouterr().err
+    assert (mine / "notes.txt").read_text() == "keep"
+    run = tmp_path / "run"
+    tiny = ["--steps", "4", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--context", "16"]
+    assert run_cli(["run", "--out", str(run), "-q", *tiny]) == 0
+    before = sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in run.rglob("*"))
+    other = tmp_path / "other"
+    assert run_cli(["run", "--out", str(other), "-q", *tiny]) == 0
+    for flags in ([], ["--overwrite"]):
+        assert run_cli(["replay", str(other), "--out", str(run), *flags]) == 2
+        err = capsys.readouterr().err
+        assert "is a measured run" in err and len(err.strip().splitlines()) == 1
+    assert sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in run.rglob("*")) == before
