@@ -200,6 +200,12 @@ def validate(config: RunConfig) -> None:
         if not ok:
             raise UserError(f"{option}: expected {expected}, got {value!r}")
 
+    for section in SECTIONS:  # inf and nan are no setting (and no JSON either)
+        values = getattr(config, section)
+        for f in dataclasses.fields(values):
+            value = getattr(values, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                need(False, f"--{f.name.replace('_', '-')}", "a finite number", value)
     need(o.name in OPTIMIZERS, "--optimizer", "one of " + ", ".join(OPTIMIZERS), o.name)
     need(t.device in DEVICES, "--device", "one of " + ", ".join(DEVICES), t.device)
     need(t.steps >= 1, "--steps", "a positive integer", t.steps)

@@ -279,7 +279,9 @@ def run_job(config: RunConfig, *, out: Path | None, overwrite: bool, quiet: bool
         raise
     except BaseException as exc:
         _keep_trace(stream, recorder)
-        if rundir is not None and not isinstance(exc, SystemExit):
+        if rundir is not None and isinstance(exc, UserError) and not rows:
+            rundir.discard()  # refused input before any step: leave nothing behind
+        elif rundir is not None and not isinstance(exc, SystemExit):
             rundir.mark_incomplete(f"failed after {len(rows)} steps: {type(exc).__name__}: {exc}")
         if isinstance(exc, (DistError, Terminated)):
             print(f"asteria-bench: {exc}", file=sys.stderr)

@@ -158,9 +158,19 @@ def profile_command(
     from asteria_bench.outputs import check_out_file
 
     check_out_file(out, overwrite=overwrite)
+    if not name.strip():
+        raise UserError("--name: expected a non-empty profile name")
     if disk_dir is not None and not disk_dir.is_dir():
         raise UserError(f"--disk-dir: {disk_dir} is not a folder")
     directory = None if no_disk else (disk_dir or Path(tempfile.gettempdir()))
+    if directory is not None:
+        try:
+            with tempfile.NamedTemporaryFile(dir=directory):
+                pass
+        except OSError as exc:
+            raise UserError(
+                f"--disk-dir: cannot write a test file in {directory} ({exc.strerror})"
+            ) from None
     measurements = measure(directory, quick=quick)
     text = dump_profile(to_profile(measurements, name))
     loads_profile(text, source=str(out))  # what we write must load

@@ -74,6 +74,11 @@ class RunDirectory:
         if self.staging.exists():
             atomic_write_text(self.staging / MARKER, reason.rstrip() + "\n")
 
+    def discard(self) -> None:
+        """Remove the staging folder of a run refused before its first step (bad input)."""
+        if self.staging.exists() and (self.staging / MARKER).is_file():
+            shutil.rmtree(self.staging)
+
     def finish(self) -> Path:
         """Remove the marker and move the folder to its final name."""
         for path in self.staging.rglob("*"):

@@ -250,16 +250,18 @@ def train(
     dataset = load_dataset(config)
     torch.manual_seed(t.seed)
     m = config.model
-    model = GPT(
-        GPTConfig(
-            context=m.context,
-            n_layer=m.n_layer,
-            n_head=m.n_head,
-            n_embd=m.n_embd,
-            dropout=m.dropout,
-        )
+    shape = GPTConfig(
+        context=m.context, n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd, dropout=m.dropout
     )
-    model.to(device)
+    try:
+        model = GPT(shape)
+        model.to(device)
+    except (RuntimeError, MemoryError) as exc:  # the allocator's "can't allocate", CUDA OOM
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(
+            f"--n-layer/--n-embd: a GPT of {m.n_layer} layers x width {m.n_embd} does not fit in"
+            f" {device.type} memory ({first[:160]})"
+        ) from None
     recorder = recorder if recorder is not None else Recorder(enabled=True)
     net: torch.nn.Module = model
     if dist is not None:

@@ -76,8 +76,23 @@ class Fidelity:
         return abs(s - m) / abs(m) if m else float("nan")
 
 
+METRICS_COLUMNS = ("step_time_ns", "optimizer_ns", "forward_ns", "backward_ns")
+
+
 def measured_figures(run_dir: Path) -> StepFigures:
-    metrics = pd.read_parquet(run_dir / "metrics.parquet")
+    """Step figures from ``metrics.parquet``; a file without its columns is a ``ValueError``."""
+    path = run_dir / "metrics.parquet"
+    try:
+        metrics = pd.read_parquet(path)
+    except Exception as exc:  # untrusted bytes: pyarrow raises several types
+        raise ValueError(f"{path}: not a readable Parquet file ({type(exc).__name__})") from None
+    missing = [c for c in METRICS_COLUMNS if c not in metrics.columns]
+    if missing:
+        raise ValueError(
+            f"{path}: missing column {missing[0]!r} (expected {', '.join(METRICS_COLUMNS)})"
+        )
+    if metrics.empty:
+        raise ValueError(f"{path}: no steps")
     return StepFigures.of(
         metrics["step_time_ns"].to_numpy(),
         metrics["optimizer_ns"].to_numpy(),

@@ -329,3 +329,30 @@ def test_overwrite_replaces_only_a_run_directory(
     assert run_cli(["run", "--steps", "2", "--out", str(run), *TINY]) == 0
     assert run_cli(["run", "--steps", "3", "--out", str(run), "--overwrite", *TINY]) == 0
     assert json.loads((run / "config.json").read_text())["train"]["steps"] == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "config", "needle"),
+    [
+        (["--lr", "inf"], None, "--lr: expected a finite number, got inf"),
+        (["--grad-clip", "nan"], None, "--grad-clip: expected a finite number"),
+        ([], "[optim]\nlr = inf\n", "--lr: expected a finite number, got inf"),
+        (["--n-embd", "262144", "--n-head", "1"], None, "does not fit in cpu memory"),
+    ],
+)
+def test_bad_values_are_one_line_and_leave_nothing(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    config: str | None,
+    needle: str,
+) -> None:
+    out = tmp_path / "run"
+    extra = []
+    if config is not None:
+        (tmp_path / "c.toml").write_text(config)
+        extra = ["--config", str(tmp_path / "c.toml")]
+    rc = run_cli(["run", "--steps", "2", "--out", str(out), *extra, *args, "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and needle in err, err
+    assert not out.exists() and not out.with_name("run.incomplete").exists()

@@ -60,3 +60,20 @@ def test_profile_out_is_replaced_only_with_overwrite(
     assert run_cli(["profile", "--out", str(missing), "--quick", "--no-disk"]) == 2
     err = capsys.readouterr().err.strip()
     assert "does not exist" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--name", " "], "--name: expected a non-empty profile name"),
+        (["--disk-dir", "/proc"], "--disk-dir: cannot write a test file in /proc"),
+    ],
+)
+def test_profile_bad_options_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], needle: str
+) -> None:
+    out = tmp_path / "p.toml"
+    assert run_cli(["profile", "--out", str(out), "--quick", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err
+    assert not out.exists()

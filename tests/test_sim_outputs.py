@@ -140,3 +140,15 @@ def test_simulate_and_replay_never_write_over_what_they_did_not_write(
         err = capsys.readouterr().err
         assert "is a measured run" in err and len(err.strip().splitlines()) == 1
     assert sorted((p.relative_to(run), p.stat().st_mtime_ns) for p in run.rglob("*")) == before
+
+
+def test_replay_of_a_metrics_table_without_its_columns_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    tiny = ["--steps", "4", "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--context", "16"]
+    assert run_cli(["run", "--out", str(run), "-q", *tiny]) == 0
+    pd.DataFrame({"step": [1, 2], "loss": [1.0, 0.5]}).to_parquet(run / "metrics.parquet")
+    assert run_cli(["replay", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "missing column 'step_time_ns'" in err
