@@ -46,6 +46,11 @@ class RunDirectory:
         self.staging = out.with_name(out.name + ".incomplete")
         if out.exists() and not overwrite:
             raise UserError(f"--out: {out} already exists; choose another path or pass --overwrite")
+        for path in (out, self.staging):
+            if path.is_symlink():
+                raise UserError(f"--out: {path} is a symbolic link; expected a folder of its own")
+            if path.exists() and hasattr(os, "getuid") and path.stat().st_uid != os.getuid():
+                raise UserError(f"--out: {path} belongs to another user")
         if out.exists() and not out.is_dir():
             raise UserError(f"--out: {out} exists and is not a folder")
         if out.exists() and not made_by_us(out):

@@ -356,3 +356,13 @@ def test_bad_values_are_one_line_and_leave_nothing(
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and needle in err, err
     assert not out.exists() and not out.with_name("run.incomplete").exists()
+
+
+def test_a_symlinked_out_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    link = tmp_path / "run"
+    link.symlink_to(target)
+    assert run_cli(["run", "--steps", "2", "--out", str(link), "--overwrite", *TINY]) == 2
+    assert "is a symbolic link" in capsys.readouterr().err
+    assert list(target.iterdir()) == []
