@@ -11,27 +11,10 @@ import pandas as pd
 import pytest
 from cli_runner import run_cli
 
+from tests.samples import TINY_RUN
 from traces.io import read_trace
 
-TINY = [
-    "--n-layer",
-    "1",
-    "--n-embd",
-    "32",
-    "--n-head",
-    "2",
-    "--context",
-    "16",
-    "--batch-size",
-    "4",
-    "--eval-every",
-    "3",
-    "--eval-batches",
-    "2",
-    "--corpus-bytes",
-    "20000",
-    "--quiet",
-]
+TINY = [*TINY_RUN, "--eval-every", "3", "--eval-batches", "2", "--corpus-bytes", "20000"]
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "soap", "shampoo", "kl-shampoo"])

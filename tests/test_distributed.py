@@ -51,8 +51,8 @@ def _env() -> dict[str, str]:
     return env
 
 
-def torchrun(nproc: int, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    cmd = [
+def torchrun_cmd(nproc: int, *args: str) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
@@ -60,6 +60,10 @@ def torchrun(nproc: int, *args: str, timeout: float = 240) -> subprocess.Complet
         f"--nproc-per-node={nproc}",
         *args,
     ]
+
+
+def torchrun(nproc: int, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    cmd = torchrun_cmd(nproc, *args)
     return subprocess.run(
         cmd, capture_output=True, text=True, timeout=timeout, env=_env(), cwd=ROOT
     )
@@ -189,12 +193,8 @@ def test_four_ranks_on_two_emulated_nodes(tmp_path: Path) -> None:
 
 def test_a_hung_rank_is_named_within_the_timeout(tmp_path: Path) -> None:
     """Rank 1 freezes (SIGSTOP) in step 3: rank 0 says so, naming it, within the timeout."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
+    cmd = torchrun_cmd(
+        2,
         WORKER,
         "--runs",
         "shampoo:replicated:sync",
@@ -206,7 +206,7 @@ def test_a_hung_rank_is_named_within_the_timeout(tmp_path: Path) -> None:
         "5",
         "--out",
         str(tmp_path),
-    ]
+    )
     start = time.monotonic()
     launcher = subprocess.Popen(
         cmd,
@@ -273,12 +273,8 @@ def test_a_killed_rank_leaves_no_finished_run(tmp_path: Path) -> None:
     import psutil
 
     out = tmp_path / "run"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
+    cmd = torchrun_cmd(
+        2,
         "-m",
         "asteria_bench",
         "run",
@@ -287,7 +283,7 @@ def test_a_killed_rank_leaves_no_finished_run(tmp_path: Path) -> None:
         "100000",
         "--out",
         str(out),
-    ]
+    )
     launcher = subprocess.Popen(
         cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT
     )
