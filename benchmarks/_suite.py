@@ -1,7 +1,7 @@
 """The machinery of ``gpu_suite.py``: commands with logs and deadlines, figures, parsers.
 
-A GPU machine may be lent for a few minutes once, so the suite must bring back
-evidence even when parts of it fail: every command runs in its own process
+Time on a GPU machine is short and rare, so the suite must leave evidence
+even when parts of it fail: every command runs in its own process
 with its output in a log file (a crash, a CUDA error or a hang costs that
 command, not the suite), under a deadline drawn from one time budget, and what
 it printed stays readable afterwards. Nothing here measures anything.

@@ -1,6 +1,6 @@
 """Everything this project wants to know from a GPU, as one command that fits ~8 minutes.
 
-A GPU machine is lent rarely and briefly, so the GPU check is prepared here, on
+Time on a GPU machine is short and rare, so the GPU check is prepared here, on
 the CPU, and runs there once: six stages in order, each timed, each guarded (a
 failing stage is one line with its error and log file, and the suite goes on),
 each given a deadline out of one time budget so that the later stages still

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU suite as one command for a lent GPU machine, and what it brings back.
+# The GPU suite as one command for a GPU machine, and the three files it leaves.
 #
 #   bash benchmarks/gpu_suite.sh             # on the GPU machine: ~8 minutes, from the repository root
 #   bash benchmarks/gpu_suite.sh --dry-run   # anywhere: the same stages on the CPU, ~1 minute
@@ -27,7 +27,7 @@ OUT="${OUT:-$PWD/gpu-suite-out}"
 PYTHON="${PYTHON:-python3}"
 SUITE_DIR="${SUITE_DIR:-/tmp/suite}"
 SITE="${SITE:-/tmp/site}"
-LIMIT_BYTES=$((15 * 1024 * 1024)) # a file brought back may have 16 MiB
+LIMIT_BYTES=$((15 * 1024 * 1024)) # small enough to copy back from a remote machine
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 

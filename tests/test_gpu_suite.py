@@ -1,8 +1,8 @@
 """The GPU suite's dry run: every stage on the CPU, so that the one GPU command cannot rot.
 
-A GPU machine is lent rarely and briefly; the suite must work there the first
+Time on a GPU machine is short and rare; the suite must work there the first
 time. Its ``--dry-run`` runs the same stages, commands and parsers at tiny
-sizes, and these tests check what the GPU run will bring back: a status per
+sizes, and these tests check what the GPU run will leave: a status per
 stage, run directories with their hardware metadata, and a replay table.
 """
 
