@@ -260,6 +260,27 @@ def validate(config: RunConfig) -> None:
             value is None or value >= 1, f"--{name.replace('_', '-')}", "a positive integer", value
         )
     need(o.grafting in (None, "adam", "none"), "--grafting", "adam or none", o.grafting)
+    # Upper bounds where a typo would otherwise hang the run or exhaust memory before
+    # its first step (a huge --steps is only a long run, and allowed).
+    for option, value, most in (
+        ("--seed", t.seed, 2**63 - 1),
+        ("--corpus-seed", d.corpus_seed, 2**63 - 1),
+        ("--batch-size", t.batch_size, 1 << 20),
+        ("--eval-batches", t.eval_batches, 100_000),
+        ("--torch-threads", t.torch_threads or 1, 4096),
+        ("--n-layer", m.n_layer, 10_000),
+        ("--context", m.context, 1 << 20),
+        ("--corpus-bytes", d.corpus_bytes, 1 << 31),
+        ("--workers", config.runtime.workers, 1024),
+    ):
+        need(0 <= value <= most, option, f"an integer in [0, {most}]", value)
+    tokens = t.batch_size * m.context
+    need(
+        tokens <= 1 << 27,
+        "--batch-size",
+        f"at most {(1 << 27) // m.context} sequences of --context {m.context} (2^27 tokens a step)",
+        t.batch_size,
+    )
     r = config.runtime
     try:
         from runtime.policies.staleness import parse_staleness

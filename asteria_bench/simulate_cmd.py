@@ -111,6 +111,10 @@ SWEEPABLE = (
     "update_mode",
 )
 SIZES = ("device_budget", "host_budget")
+MAX_RANKS = 65536
+"""The largest data-parallel job a what-if describes (the projection holds per-rank arrays)."""
+MAX_STEPS = 10_000_000
+"""More simulated steps than any run would take; beyond it a typo, not a question."""
 
 
 def expand_sweep(values: dict[str, str]) -> list[WhatIf]:
@@ -175,6 +179,12 @@ def validate_whatif(w: WhatIf) -> None:
         ) from None
     if w.root_device not in ("host", "device"):
         raise UserError(f"--root-device: expected host or device, got {w.root_device!r}")
+    if w.nodes * w.gpus_per_node > MAX_RANKS:
+        raise UserError(
+            f"--nodes/--gpus-per-node: at most {MAX_RANKS} ranks, got {w.nodes} x {w.gpus_per_node}"
+        )
+    if w.steps > MAX_STEPS:
+        raise UserError(f"--steps: at most {MAX_STEPS} simulated steps, got {w.steps}")
     if w.update_mode not in ("sharded", "replicated"):
         raise UserError(f"--update-mode: expected sharded or replicated, got {w.update_mode!r}")
     try:
