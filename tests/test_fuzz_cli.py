@@ -46,6 +46,12 @@ TINY_RUN = ["--steps", "1", "--n-layer", "1", "--n-embd", "8", "--n-head", "1", 
 counter = itertools.count()
 
 
+@pytest.fixture(autouse=True)
+def _inside_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drawn value may be a relative path a command then writes ("--out nan"): into tmp."""
+    monkeypatch.chdir(tmp_path)
+
+
 def check(code: int, err: str) -> None:
     assert code in (0, 1, 2), (code, err)
     assert "Traceback" not in err, err
