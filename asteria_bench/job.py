@@ -96,24 +96,20 @@ def build_metadata(
         seed=config.train.seed,
         git_revision=git_revision(Path(__file__).resolve().parent),
         device=result.device,
-        config=resolved(config, result.device),
+        config=resolved(config, result),
         rank=0 if dist is None else dist.rank,
         world_size=1 if dist is None else dist.world_size,
     )
 
 
-def resolved(config: RunConfig, device: str) -> dict[str, Any]:
+def resolved(config: RunConfig, run: TrainResult | TrainStart) -> dict[str, Any]:
     """The run's full configuration as used (``config.json``, the trace's metadata)."""
-    import torch
-
     from asteria_bench.config import resolved_config
-    from runtime.policies.staleness import parse_staleness
 
-    r = config.runtime
-    stagger = parse_staleness(r.staleness).asynchronous if r.stagger is None else r.stagger
-    threads = config.train.torch_threads or torch.get_num_threads()
-    kind = device.split(":")[0]  # "cuda:0" ran as --device cuda
-    return resolved_config(config, device=kind, torch_threads=threads, stagger=stagger)
+    kind = run.device.split(":")[0]  # "cuda:0" ran as --device cuda
+    return resolved_config(
+        config, device=kind, torch_threads=run.torch_threads, stagger=run.stagger
+    )
 
 
 def staleness_figures(counters: pd.DataFrame) -> tuple[float, float, int] | None:
@@ -173,7 +169,7 @@ def write_run(
 ) -> None:
     atomic_write_text(
         staging / "config.json",
-        json.dumps(resolved(config, result.device), indent=2, sort_keys=True) + "\n",
+        json.dumps(resolved(config, result), indent=2, sort_keys=True) + "\n",
     )
     frame = metrics_frame(result.metrics)
     write_metrics(staging / "metrics.parquet", frame)

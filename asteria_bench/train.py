@@ -26,7 +26,12 @@ from asteria_bench.errors import UserError
 from asteria_bench.optimizers import build_optimizer, parameter_groups
 from asteria_bench.workload.data import ByteDataset, DataError, default_dataset, load_text
 from asteria_bench.workload.model import GPT, GPTConfig
-from runtime.distributed import DistContext, ParallelConfig, is_collective_failure
+from runtime.distributed import (
+    DistContext,
+    ParallelConfig,
+    check_staleness_for_ranks,
+    is_collective_failure,
+)
 from runtime.execution import ExecutionConfig
 from traces.recorder import Recorder
 from traces.schema import Category, Span, Tier
@@ -75,6 +80,8 @@ class TrainResult:
     stopped_early: str | None = None
     staleness_schedule: dict[tuple[str, int], int] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    stagger: bool = False  # as used (the default follows the staleness policy)
+    torch_threads: int = 1  # as used (the default is torch's)
 
 
 ProgressCallback = Callable[[StepMetrics], None]
@@ -88,6 +95,8 @@ class TrainStart:
     hyperparameters: dict[str, Any]
     policies: dict[str, str]
     device: str
+    stagger: bool
+    torch_threads: int
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -195,11 +204,11 @@ def execution_config(
 
     r = config.runtime
     staleness = parse_staleness(r.staleness)
-    if dist is not None and staleness.name.startswith("adaptive"):
-        raise UserError(
-            f"--staleness: {r.staleness} picks install steps from each rank's own timings, which"
-            " the ranks would not agree on; with several ranks use bounded:TAU"
-        )
+    if dist is not None:
+        try:
+            check_staleness_for_ranks(staleness.name)
+        except ValueError as exc:
+            raise UserError(f"--staleness: {exc}") from None
     stagger = staleness.asynchronous if r.stagger is None else r.stagger
     tiered = r.placement != "device" or r.device_budget is not None or spill is not None
     return ExecutionConfig(
@@ -297,7 +306,16 @@ def train(
         else {"placement": "device", "staleness": "none"}
     )
     if started is not None:
-        started(TrainStart(model_description(model, optimizer), hp, policies, str(device)))
+        started(
+            TrainStart(
+                model_description(model, optimizer),
+                hp,
+                policies,
+                str(device),
+                execution.stagger,
+                torch.get_num_threads(),
+            )
+        )
     tiered_store = execution.placement is not None and config.optim.name != "adamw"
     generator = torch.Generator().manual_seed(t.seed)
     eval_set = dataset.eval_batches(t.batch_size, m.context, t.eval_batches)
@@ -431,4 +449,6 @@ def train(
         device=str(device),
         stopped_early=stopped,
         staleness_schedule=getattr(execution.staleness, "choices", None),
+        stagger=execution.stagger,
+        torch_threads=torch.get_num_threads(),
     )

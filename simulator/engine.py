@@ -88,9 +88,8 @@ def simulate(
     if recorder is not None:
         rec.clock = lambda: int(env.now)
     policy = config.staleness
-    spec = model.spec
-    phases = spec.phases
-    block_config = model.block_config(config.stagger)
+    phases = model.spec.phases
+    schedules = model.schedules(config.stagger)
     host_workers: simpy.Store = simpy.Store(env)
     device = simpy.PriorityResource(env, capacity=1)
     contended = config.jobs_on_device and policy.asynchronous
@@ -271,7 +270,7 @@ def simulate(
                         installed = yield from install_due(block, t, step, index)
                     elif phase is Phase.PRECONDITION:
                         yield from update(block, step, index, installed)
-                    elif phase is Phase.REFRESH and spec.refresh_due(t, ordinal, block_config):
+                    elif phase is Phase.REFRESH and schedules[ordinal].due(t):
                         yield from submit(block, t, step)
             yield env.timeout(model.step.optimizer_other_ns)
             if tiered is not None:  # the runtime's step boundary, inside optimizer.step()
@@ -327,8 +326,7 @@ def due_matrix(model: WorkloadModel, t: np.ndarray, stagger: bool) -> np.ndarray
 
     ``RefreshSchedule.due`` vectorized over steps; t < 1 (the skipped first call) is never due.
     """
-    config = model.block_config(stagger)
-    schedules = [model.spec.schedule(k, config) for k in range(len(model.blocks))]
+    schedules = model.schedules(stagger)
     frequency = np.array([s.frequency for s in schedules], dtype=np.int64)
     offset = np.array([s.offset for s in schedules], dtype=np.int64)
     first = np.array([s.first for s in schedules], dtype=np.int64)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from runtime.plan.spec import BlockConfig, OptimizerSpec, spec_of
+from runtime.plan.spec import BlockConfig, OptimizerSpec, RefreshSchedule, spec_of
 from simulator.placement_model import SlotBytes, block_slot_bytes
 from traces.io import Trace
 from traces.schema import Category
@@ -92,6 +92,11 @@ class WorkloadModel:
             start_preconditioning_step=self.start_preconditioning_step,
             stagger=stagger,
         )
+
+    def schedules(self, stagger: bool) -> list[RefreshSchedule]:
+        """Each block's refresh schedule, in block order (its ordinal is its index)."""
+        config = self.block_config(stagger)
+        return [self.spec.schedule(k, config) for k in range(len(self.blocks))]
 
     @property
     def hot_ns(self) -> int:

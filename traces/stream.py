@@ -48,7 +48,6 @@ class TraceStream:
         self._index = 0
         self._last_flush = time.monotonic()
         self.flushed_spans = 0
-        self.flushed_counters = 0
 
     def begin(self, metadata: RunMetadata) -> None:
         """Write ``metadata.json`` first, so that even a run killed now leaves a readable trace."""
@@ -72,7 +71,6 @@ class TraceStream:
             counters_table(counters), self.chunks_dir / f"counters-{self._index:06d}.parquet"
         )
         self.flushed_spans += len(spans)
-        self.flushed_counters += len(counters)
 
     def finish(self, recorder: Recorder, metadata: RunMetadata) -> Path:
         """One ``spans.parquet`` and ``counters.parquet`` from every chunk and the recorder's rest."""

@@ -30,6 +30,15 @@ from runtime.distributed.context import (
 UPDATE_MODES = ("replicated", "sharded")
 
 
+def check_staleness_for_ranks(name: str) -> None:
+    """Refuse a staleness policy whose install steps the ranks would not agree on."""
+    if name.startswith("adaptive"):
+        raise ValueError(
+            f"{name} picks install steps from each rank's own timings, which the ranks would"
+            " not agree on; with several ranks use bounded:TAU"
+        )
+
+
 @dataclass(frozen=True)
 class ParallelConfig:
     """How an optimizer's work is split over the ranks of ``context``."""
@@ -49,6 +58,7 @@ __all__ = [
     "DistContext",
     "DistError",
     "ParallelConfig",
+    "check_staleness_for_ranks",
     "init_distributed",
     "is_collective_failure",
 ]

@@ -57,10 +57,6 @@ class DistContext:
     """How often a rank's liveness thread writes the time to the store."""
 
     @property
-    def node(self) -> int:
-        return self.topology.node_of(self.rank)
-
-    @property
     def local_rank(self) -> int:
         return self.rank % self.topology.local_size
 

@@ -133,7 +133,6 @@ class OwnerBroadcastPublisher:
         self.recorder = recorder
         self.buffer_device = buffer_device
         self._waiting: list[_Publication] = []  # not issued yet, in submission order
-        self.bytes_published = 0
 
     def owns(self, block: str) -> bool:
         return self.owners[block] == self.ctx.rank
@@ -156,8 +155,6 @@ class OwnerBroadcastPublisher:
         if publication in self._waiting:
             self._waiting.remove(publication)
         publication.issue()
-        assert publication.buffer is not None
-        self.bytes_published += int(publication.buffer.numel())
 
     def close(self) -> None:
         self._waiting.clear()

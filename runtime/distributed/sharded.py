@@ -54,7 +54,6 @@ class ShardedGather:
             if block.is_matrix:
                 dtype = params[block.param_index].dtype
                 self._owned[dtype][owners[block.id]].append(block)
-        self.bytes_gathered = 0
 
     def _view(self, block: Block) -> torch.Tensor:
         return block_view(matrix_view(self._params[block.param_index].data, block), block)
@@ -78,7 +77,6 @@ class ShardedGather:
             start = self._recorder.clock()
             dist.all_gather(out, flat)
             nbytes = length * flat.element_size() * self.ctx.world_size
-            self.bytes_gathered += nbytes
             self._recorder.add_span(
                 "allgather",
                 Category.COLLECTIVE,
@@ -98,12 +96,3 @@ class ShardedGather:
                     view = self._view(block)
                     view.copy_(out[rank][offset : offset + n].reshape(view.shape).to(view.device))
                     offset += n
-
-    def owned_bytes(self) -> dict[int, int]:
-        """Parameter bytes each rank owns (for the trace and the tests)."""
-        out: dict[int, int] = defaultdict(int)
-        for dtype, per_rank in self._owned.items():
-            size = torch.empty((), dtype=dtype).element_size()
-            for rank, owned in enumerate(per_rank):
-                out[rank] += size * sum(b.numel for b in owned)
-        return dict(out)

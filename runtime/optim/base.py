@@ -27,12 +27,7 @@ from runtime.blocking import Block, block_view, matrix_view, partition
 from runtime.execution import ExecutionConfig
 from runtime.matrix_functions import check_fp32_matmul_precision
 from runtime.optim.adamw import AdamWState, adamw_step, init_adamw_state
-from runtime.plan.costmodel import (
-    CostConfig,
-    block_hot_path_flops,
-    block_refresh_flops,
-    factor_refresh_flops,
-)
+from runtime.plan.costmodel import CostConfig, block_hot_path_flops, block_refresh_flops
 from runtime.plan.kinds import SlotKind
 from runtime.plan.ownership import Assignment, BlockWork, assign_owners
 from runtime.plan.spec import BlockConfig, OptimizerSpec, Phase
@@ -43,6 +38,7 @@ from traces.schema import Category
 _warned_tf32 = False
 _RESULT_KINDS = frozenset({SlotKind.BASIS, SlotKind.ROOT})
 """Slots a refresh replaces; its snapshot holds them and the factors, its shadow result them."""
+_FACTOR_KINDS = frozenset({SlotKind.FACTOR})
 
 
 def state_dtype(param: torch.Tensor) -> torch.dtype:
@@ -148,15 +144,11 @@ class BlockedOptimizer(torch.optim.Optimizer):
         parallel = self.execution.parallel
         if parallel is None:
             return LocalPublisher()
+        from runtime.distributed import check_staleness_for_ranks
         from runtime.distributed.publish import OwnerBroadcastPublisher
         from runtime.distributed.sharded import ShardedGather
-        from runtime.policies.staleness import Adaptive
 
-        if isinstance(self.execution.staleness, Adaptive):
-            raise ValueError(
-                "adaptive staleness picks install steps from each rank's own timings, which"
-                " ranks would not agree on; with several ranks use bounded:TAU"
-            )
+        check_staleness_for_ranks(self.execution.staleness.name)
         ctx = parallel.context
         mode = parallel.update_mode
         self.assignment = assign_owners(self._ownership_work(mode), ctx.topology)
@@ -198,9 +190,7 @@ class BlockedOptimizer(torch.optim.Optimizer):
             a, b = block.shape
             cost = block_hot_path_flops(a, b, cost_config)
             cost += block_refresh_flops(a, b, cost_config) / config.precondition_frequency
-            element = torch.finfo(state_dtype(self._params[block.param_index])).bits // 8
-            nbytes = sum(s.nbytes(element) for s in self.spec.slots(a, b, config))
-            out.append(BlockWork(block.id, cost, nbytes))
+            out.append(BlockWork(block.id, cost, self._slot_bytes(block)))
         return out
 
     def _cost_config(self, group: dict[str, Any]) -> CostConfig:
@@ -253,10 +243,7 @@ class BlockedOptimizer(torch.optim.Optimizer):
         for block in self.blocks:
             if not block.is_matrix:
                 continue
-            group = self._group_of[block.param_index]
-            element = torch.finfo(state_dtype(self._params[block.param_index])).bits // 8
-            slots = self.spec.slots(*block.shape, self._block_config(group))
-            needed = sum(s.nbytes(element) for s in slots)
+            needed = self._slot_bytes(block)
             if needed > device_budget:
                 raise BudgetError(
                     f"device budget {device_budget} bytes is smaller than block {block.id}'s hot working set"
@@ -286,6 +273,13 @@ class BlockedOptimizer(torch.optim.Optimizer):
             stagger=self.execution.stagger,
         )
 
+    def _slot_bytes(self, block: Block, kinds: frozenset[SlotKind] | None = None) -> int:
+        """Bytes of the block's slots (of ``kinds``, or all) at its parameter's state dtype."""
+        element = torch.finfo(state_dtype(self._params[block.param_index])).bits // 8
+        config = self._block_config(self._group_of[block.param_index])
+        slots = self.spec.slots(*block.shape, config)
+        return sum(s.nbytes(element) for s in slots if kinds is None or s.kind in kinds)
+
     def block_work(self) -> list[BlockWork]:
         """Each matrix block's amortized work, priced by the plan's cost model (§8).
 
@@ -298,19 +292,13 @@ class BlockedOptimizer(torch.optim.Optimizer):
             if not block.is_matrix:
                 continue
             group = self._group_of[block.param_index]
-            config = self._block_config(group)
-            if not self.spec.has_refresh(*block.shape, config):
+            if not self.spec.has_refresh(*block.shape, self._block_config(group)):
                 continue
-            element = torch.finfo(state_dtype(self._params[block.param_index])).bits // 8
-            slots = self.spec.slots(*block.shape, config)
-            results = sum(s.nbytes(element) for s in slots if s.kind in _RESULT_KINDS)
-            factors = sum(s.nbytes(element) for s in slots if s.kind is SlotKind.FACTOR)
-            cost = sum(
-                factor_refresh_flops(d, self.spec.name)
-                for d in block.shape
-                if self.spec.rotated(d, config)
+            cost = block_refresh_flops(*block.shape, self._cost_config(group))
+            nbytes = self._slot_bytes(block, _FACTOR_KINDS) + 2 * self._slot_bytes(
+                block, _RESULT_KINDS
             )
-            out.append(BlockWork(block.id, cost, factors + 2 * results))
+            out.append(BlockWork(block.id, cost, nbytes))
         return out
 
     # ----------------------------------------------------------------- hooks

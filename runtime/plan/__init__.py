@@ -21,7 +21,6 @@ from runtime.plan.ownership import (
     BlockWork,
     Topology,
     assign_owners,
-    refresh_work,
 )
 from runtime.plan.spec import (
     SPECS,
@@ -49,6 +48,5 @@ __all__ = [
     "SlotSpec",
     "Topology",
     "assign_owners",
-    "refresh_work",
     "spec_of",
 ]

@@ -19,10 +19,8 @@ against ``memory_per_rank_bytes``. Standard library only.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-
-from runtime.plan.costmodel import ConfigLike, block_refresh_flops
 
 
 @dataclass(frozen=True)
@@ -126,13 +124,3 @@ def assign_owners(
         for other in skipped:
             heapq.heappush(heap, (load[other], other))
     return Assignment(owners, tuple(load), tuple(memory))
-
-
-def refresh_work(
-    shapes: Sequence[tuple[str, int, int]], config: ConfigLike, *, count: int = 1
-) -> list[BlockWork]:
-    """``BlockWork`` of blocks given as (id, rows, cols): the §8 refresh FLOPs of each."""
-    return [
-        BlockWork(block, count * block_refresh_flops(rows, cols, config))
-        for block, rows, cols in shapes
-    ]
