@@ -15,26 +15,21 @@ import json
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from asteria_bench.config import RunConfig
 from asteria_bench.errors import UserError
 from asteria_bench.rundir import RunDirectory
-from asteria_bench.train import STEP_METRIC_COLUMNS, StepMetrics, TrainResult, TrainStart, train
+from asteria_bench.train import StepMetrics, TrainResult, TrainStart, train
+from reports.derive import write_derived
 from reports.ranks import RANKS_DIRNAME
-from reports.summary import run_figures, summary_markdown
 from runtime.distributed import DistContext, DistError
-from traces.atomic import atomic_write_bytes, atomic_write_text
-from traces.io import TRACE_DIRNAME, read_trace, write_trace
-from traces.perfetto import PERFETTO_FILENAME, export_chrome_trace
+from traces.atomic import atomic_write_text
+from traces.io import write_trace
 from traces.recorder import Recorder
 from traces.schema import RunMetadata
 from traces.stream import TraceStream
@@ -46,32 +41,6 @@ SCHEDULE_FILENAME = "staleness_schedule.json"
 def default_out(config: RunConfig) -> Path:
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{config.optim.name}-s{config.train.seed}-{stamp}"
-
-
-def metrics_frame(rows: list[StepMetrics]) -> pd.DataFrame:
-    frame = pd.DataFrame([asdict(r) for r in rows], columns=list(STEP_METRIC_COLUMNS))
-    return frame.astype(
-        {
-            "step": "int64",
-            "loss": "float64",
-            "val_loss": "float64",
-            "lr": "float64",
-            "step_time_ns": "int64",
-            "forward_ns": "int64",
-            "backward_ns": "int64",
-            "optimizer_ns": "int64",
-            "refresh_ns": "int64",
-            "wait_ns": "int64",
-            "transfer_ns": "int64",
-            "optimizer_state_bytes": "int64",
-        }
-    )
-
-
-def write_metrics(path: Path, frame: pd.DataFrame) -> None:
-    sink = pa.BufferOutputStream()
-    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), sink)
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
 def build_metadata(
@@ -110,21 +79,6 @@ def resolved(config: RunConfig, run: TrainResult | TrainStart) -> dict[str, Any]
     return resolved_config(
         config, device=kind, torch_threads=run.torch_threads, stagger=run.stagger
     )
-
-
-def staleness_figures(counters: pd.DataFrame) -> tuple[float, float, int] | None:
-    taus = counters.loc[counters["name"] == "staleness", "value"]
-    if taus.empty:
-        return None
-    return (float(taus.mean()), float(taus.max()), len(taus))
-
-
-def tier_figures(counters: pd.DataFrame) -> dict[str, tuple[int, int]] | None:
-    state = counters[(counters["name"] == "state_bytes") & counters["key"].notna()]
-    series = {str(key): group["value"] for key, group in state.groupby("key", sort=False)}
-    if len(series) <= 1:
-        return None
-    return {tier: (int(v.iloc[-1]), int(v.max())) for tier, v in series.items()}
 
 
 def _write_trace_of(
@@ -171,41 +125,14 @@ def write_run(
         staging / "config.json",
         json.dumps(resolved(config, result), indent=2, sort_keys=True) + "\n",
     )
-    frame = metrics_frame(result.metrics)
-    write_metrics(staging / "metrics.parquet", frame)
     metadata = build_metadata(config, result, run_id, dist)
     if result.staleness_schedule:
         from runtime.policies.staleness import schedule_to_json
 
         atomic_write_text(staging / SCHEDULE_FILENAME, schedule_to_json(result.staleness_schedule))
     _write_trace_of(staging, metadata, result, stream)
-    trace = read_trace(staging)
-    export_chrome_trace(trace, staging / TRACE_DIRNAME / PERFETTO_FILENAME)
-    if not frame.empty:
-        figures = run_figures(frame)
-        note = f"Stopped early: {result.stopped_early}." if result.stopped_early else None
-        text = summary_markdown(
-            figures,
-            title=f"Run {run_id}",
-            optimizer=config.optim.name,
-            device=result.device,
-            model=result.model_shape,
-            policies=result.policies,
-            note=note,
-            staleness=staleness_figures(trace.counters),
-            tier_bytes=tier_figures(trace.counters),
-        )
-        if dist is not None:
-            text += _ranks_section(staging, dist.world_size)
-        atomic_write_text(staging / "summary.md", text)
-
-
-def _ranks_section(staging: Path, world_size: int) -> str:
-    """Every rank's step time, collective bytes and state, read back from the traces."""
-    from reports.ranks import rank_figures, rank_traces, ranks_markdown
-
-    figures = [rank_figures(trace) for trace in rank_traces(staging)]
-    return f"\n## Ranks ({world_size})\n\n{ranks_markdown(figures)}\n"
+    note = f"Stopped early: {result.stopped_early}." if result.stopped_early else None
+    write_derived(staging, note=note)  # metrics.parquet, summary.md, Perfetto: from the trace
 
 
 class Terminated(BaseException):
@@ -290,8 +217,11 @@ def run_job(config: RunConfig, *, out: Path | None, overwrite: bool, quiet: bool
     if rundir is None:
         return
     final = rundir.finish()
-    if not quiet:
-        console.print((final / "summary.md").read_text())
+    if not quiet and (final / "summary.md").is_file():
+        # Markdown as written: no markup, no wrapping at the console's width (a table stays whole).
+        console.print(
+            (final / "summary.md").read_text(), markup=False, highlight=False, soft_wrap=True
+        )
     print(str(final))
 
 

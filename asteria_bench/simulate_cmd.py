@@ -13,6 +13,7 @@ from rich.table import Table
 
 from asteria_bench.errors import UserError
 from asteria_bench.outputs import check_out_folder, write_out_folder
+from reports.derive import write_derived
 from simulator.calibration import Calibration
 from simulator.convergence import (
     DEFAULT_FILE,
@@ -86,6 +87,7 @@ def replay_command(
 
         def write(folder: Path) -> None:
             write_trace(folder, metadata, spans, counters)
+            write_derived(folder)
 
         write_out_folder(out, "replay", write)
         print(str(out))

@@ -1,4 +1,4 @@
-"""``simulate --out``: every simulated configuration as a trace, beside the table.
+"""``simulate --out``: every simulated configuration as a run directory, beside the table.
 
 A simulated run is written in the same schema as a measured one (metadata
 with ``kind = "simulated"``, spans, counters), so that reports and
@@ -16,6 +16,7 @@ import re
 import sys
 from pathlib import Path
 
+from reports.derive import write_derived
 from simulator.profiles import HardwareProfile, load_profile
 from simulator.shapes import get_shape
 from simulator.whatif import WhatIfResult
@@ -99,5 +100,6 @@ def write_simulated_runs(
         recorder = result.simulated.recorder
         metadata = metadata_of(result, folder.name, efficiency_source)
         write_trace(folder, metadata, recorder.spans, recorder.counters)
+        write_derived(folder)  # metrics.parquet, summary.md, Perfetto: as a measured run has
         folders.append(folder)
     return folders

@@ -1,7 +1,8 @@
 """``summary.md``: the figures a user looks at first, from a run's metrics table.
 
-Reads only ``metrics.parquet`` columns (see ``traces/SCHEMA.md``), so the same
-summary can be made for a measured or a simulated run.
+Reads only ``metrics.parquet`` columns (see ``traces/SCHEMA.md``) and the
+trace's facts (``reports.facts``), so the same summary is made for every kind
+of run. It is Markdown written as text, one table row a line, never wrapped.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from reports.facts import RunFacts, Staleness, TierBytes
+
 
 @dataclass(frozen=True)
 class RunFigures:
@@ -23,6 +26,8 @@ class RunFigures:
     median_step_ms: float
     p99_step_ms: float
     max_step_ms: float
+    mean_step_ms: float
+    total_step_ms: float
     median_compute_ms: float
     median_optimizer_ms: float
     mean_optimizer_ms: float
@@ -59,6 +64,8 @@ def run_figures(metrics: pd.DataFrame) -> RunFigures:
         median_step_ms=float(np.median(step)),
         p99_step_ms=float(np.percentile(step, 99)),
         max_step_ms=float(step.max()),
+        mean_step_ms=float(step.mean()),
+        total_step_ms=float(step.sum()),
         median_compute_ms=float(np.median(compute)),
         median_optimizer_ms=float(np.median(opt)),
         mean_optimizer_ms=float(opt.mean()),
@@ -86,16 +93,18 @@ def summary_markdown(
     model: dict[str, Any],
     policies: dict[str, str],
     note: str | None = None,
-    staleness: tuple[float, float, int] | None = None,
-    tier_bytes: dict[str, tuple[int, int]] | None = None,
+    staleness: Staleness | None = None,
+    tier_bytes: dict[str, TierBytes] | None = None,
+    facts: RunFacts | None = None,
+    kind: str = "measured",
 ) -> str:
-    """``staleness`` is (mean τ, max τ, installs) over the run's installed refreshes;
-    ``tier_bytes`` maps a tier to (bytes at the last step, peak bytes)."""
+    """``staleness`` is τ over the run's installed refreshes; ``tier_bytes`` maps a
+    tier to its bytes at the last step and at the peak (shown with two tiers or more)."""
     f = figures
     lines = [
         f"# {title}",
         "",
-        f"- optimizer: **{optimizer}**; device: {device}; policies: "
+        f"- {kind} run; optimizer: **{optimizer}**; device: {device}; policies: "
         + ", ".join(f"{k}={v}" for k, v in sorted(policies.items())),
         f"- model: {model.get('n_layer')} layers, width {model.get('n_embd')}, {model.get('n_head')} heads,"
         f" context {model.get('context')}, {model.get('parameters', 0):,} parameters",
@@ -103,9 +112,16 @@ def summary_markdown(
         "",
         "| figure | value |",
         "|---|---|",
-        f"| final training loss (mean of last 10 steps) | {f.final_loss:.4f} |",
-        f"| final validation loss | {f.final_val_loss:.4f} |",
-        f"| best validation loss | {f.best_val_loss:.4f} |",
+    ]
+    if not math.isnan(f.final_loss):
+        lines.append(f"| final training loss (mean of last 10 steps) | {f.final_loss:.4f} |")
+    if not math.isnan(f.best_val_loss):
+        lines += [
+            f"| final validation loss | {f.final_val_loss:.4f} |",
+            f"| best validation loss | {f.best_val_loss:.4f} |",
+        ]
+    lines += [
+        *_time_rows(f, facts),
         f"| median step time | {f.median_step_ms:.2f} ms |",
         f"| p99 step time | {f.p99_step_ms:.2f} ms (p99/median {f.spike_ratio:.2f}) |",
         f"| longest step | {f.max_step_ms:.2f} ms ({f.max_step_ms / f.median_step_ms:.2f}x median) |",
@@ -113,30 +129,69 @@ def summary_markdown(
         f"| median optimizer step | {f.median_optimizer_ms:.2f} ms |",
         f"| visible optimizer overhead (mean optimizer / mean forward+backward) | {100 * f.visible_overhead:.1f} % |",
         f"| refresh time on the training thread (compute, snapshots, installs) | {f.total_refresh_ms:.1f} ms |",
-        f"| waits for late refreshes | {f.total_wait_ms:.1f} ms in {f.steps_with_wait} steps |",
+        f"| waits on the training thread (late refreshes, copies) | {f.total_wait_ms:.1f} ms in {f.steps_with_wait} steps |",
         f"| optimizer state | {_mib(f.optimizer_state_bytes)} |",
     ]
     # Optional rows close the table, in this order.
-    if tier_bytes:
+    if tier_bytes and len(tier_bytes) > 1:
         text = ", ".join(
-            f"{tier} {_mib(last)} (peak {_mib(peak)})" for tier, (last, peak) in tier_bytes.items()
+            f"{tier} {_mib(b.last)} (peak {_mib(b.peak)})" for tier, b in tier_bytes.items()
         )
         lines.append(f"| optimizer state by tier | {text} |")
     if staleness is not None:
-        mean_tau, max_tau, installs = staleness
         lines.append(
-            f"| staleness of installed refreshes | mean {mean_tau:.2f}, max {max_tau:.0f} steps ({installs} installs) |"
+            f"| staleness of installed refreshes | mean {staleness.mean:.2f}, max {staleness.max:.0f} steps ({staleness.installs} installs) |"
         )
+    lines += _machine_rows(facts)
     if f.total_transfer_ms > 0:
         lines.append(
             f"| visible transfer time (fetch, write-back, moves on the training thread) | {f.total_transfer_ms:.1f} ms, {f.total_transfer_ms / f.steps:.2f} ms per step |"
         )
     if note:
         lines += ["", note]
+    clock = (
+        "Times are wall-clock on this machine; compare ratios across runs, not absolute times."
+        if kind == "measured"
+        else f"Times are on the {kind} run's clock."
+    )
     lines += [
         "",
-        "Times are wall-clock on this machine; compare ratios across runs, not absolute times."
-        " The trace opens in https://ui.perfetto.dev (trace/trace.perfetto.json).",
+        f"{clock} The trace opens in https://ui.perfetto.dev (trace/trace.perfetto.json).",
         "",
     ]
     return "\n".join(lines)
+
+
+def _time_rows(f: RunFigures, facts: RunFacts | None) -> list[str]:
+    """Total time and throughput: training steps alone, and the whole trace."""
+    rows = [f"| training time (sum of step times) | {f.total_step_ms / 1e3:.2f} s |"]
+    if facts is None:
+        return rows
+    if not math.isnan(facts.wall_s):
+        rows.append(
+            f"| total time (first to last event, evaluation included) | {facts.wall_s:.2f} s |"
+        )
+    if facts.tokens_per_step and f.mean_step_ms > 0:
+        rate = facts.tokens_per_step / (f.mean_step_ms / 1e3)
+        rows.append(
+            f"| tokens per second (training steps) | {rate:,.0f} ({facts.tokens_per_step:,} tokens per step) |"
+        )
+    return rows
+
+
+def _machine_rows(facts: RunFacts | None) -> list[str]:
+    if facts is None:
+        return []
+    threads = [f"{facts.logical_cores} logical cores"]
+    if facts.torch_threads is not None:
+        threads.append(f"{facts.torch_threads} torch threads")
+    if facts.refresh_workers is not None:
+        threads.append(f"{facts.refresh_workers} refresh workers")
+    rows = [f"| threads | {', '.join(threads)} |"]
+    if facts.load is not None:
+        load = facts.load
+        text = f"CPU {load.cpu_percent_mean:.0f} % mean, {load.cpu_percent_max:.0f} % max"
+        if load.rss_peak_bytes is not None:
+            text += f"; resident memory peak {_mib(load.rss_peak_bytes)}"
+        rows.append(f"| machine load (whole host) | {text} |")
+    return rows
