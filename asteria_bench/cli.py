@@ -35,12 +35,75 @@ TIERS = "Runtime: optimizer-state tiers"
 PARALLEL = "Runtime: data parallelism (under torchrun)"
 
 
+FormatOption = Annotated[
+    str,
+    typer.Option("--format", help="table (fits 100 columns) | csv | json | md, on stdout"),
+]
+WideOption = Annotated[bool, typer.Option("--wide", help="every column, not the compact set")]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"asteria-bench {version('asteria-bench')}")
+        except PackageNotFoundError:  # a source checkout on PYTHONPATH, not installed
+            from asteria_bench import __version__
+
+            print(f"asteria-bench {__version__} (not installed)")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="print the version and exit"
+        ),
+    ] = False,
+) -> None:
     """Train with Shampoo / SOAP / KL-Shampoo, record what it costs, and compare.
 
     Example: asteria-bench run --optimizer soap --steps 300 --out runs/soap
     """
+
+
+hardware_app = typer.Typer(
+    help="The hardware profiles the simulator knows, every number with its source.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+app.add_typer(hardware_app, name="hardware")
+
+
+@hardware_app.command("list")
+def hardware_list(fmt: FormatOption = "table", wide: WideOption = False) -> None:
+    """List the hardware profiles (packaged, and local.toml once measured).
+
+    Example: asteria-bench hardware list --wide
+    """
+    from asteria_bench.hardware_cmd import hardware_list as run_list
+    from asteria_bench.tables import parse_format
+
+    run_list(parse_format(fmt), wide)
+
+
+@hardware_app.command("show")
+def hardware_show(
+    name: Annotated[str, typer.Argument(help="a profile name (gh200, ...) or a .toml file")],
+    fmt: FormatOption = "table",
+    wide: WideOption = False,
+) -> None:
+    """Print every number of one hardware profile with its basis and source.
+
+    Example: asteria-bench hardware show gh200
+    """
+    from asteria_bench.hardware_cmd import hardware_show as run_show
+    from asteria_bench.tables import parse_format
+
+    run_show(name, parse_format(fmt), wide)
 
 
 @app.command()
@@ -208,6 +271,14 @@ def run(
             rich_help_panel=PARALLEL,
         ),
     ] = None,
+    inter_node_staleness: Annotated[
+        int | None,
+        typer.Option(
+            help="replicated, several nodes: τ of refresh results that cross nodes"
+            " (default: --staleness's)",
+            rich_help_panel=PARALLEL,
+        ),
+    ] = None,
 ) -> None:
     """Train the GPT with one optimizer and write a run directory.
 
@@ -281,6 +352,7 @@ def run(
         update_mode=update_mode,
         ranks_per_node=ranks_per_node,
         dist_timeout=dist_timeout,
+        inter_node_staleness=inter_node_staleness,
     )
     for section, values in overrides.items():
         target = getattr(cfg, section)
@@ -305,14 +377,24 @@ def replay(
         bool,
         typer.Option("--overwrite", help="replace an --out folder that asteria-bench wrote"),
     ] = False,
+    fmt: FormatOption = "table",
+    wide: WideOption = False,
 ) -> None:
     """Simulate a measured run on its own measured costs; print measured vs simulated.
 
     Example: asteria-bench replay runs/soap-sync --calibrate-on runs/soap-sync
     """
     from asteria_bench.simulate_cmd import replay_command
+    from asteria_bench.tables import parse_format
 
-    replay_command(run_dir, calibrate_on=calibrate_on, out=out, overwrite=overwrite)
+    replay_command(
+        run_dir,
+        calibrate_on=calibrate_on,
+        out=out,
+        overwrite=overwrite,
+        fmt=parse_format(fmt),
+        wide=wide,
+    )
 
 
 @app.command()
@@ -385,6 +467,8 @@ def simulate(
         bool,
         typer.Option("--overwrite", help="replace an --out folder that asteria-bench wrote"),
     ] = False,
+    fmt: FormatOption = "table",
+    wide: WideOption = False,
 ) -> None:
     """Simulate training on other hardware and policies (comma-separated values sweep).
 
@@ -393,6 +477,7 @@ def simulate(
     --placement device,lifecycle
     """
     from asteria_bench.simulate_cmd import simulate_command
+    from asteria_bench.tables import parse_format
 
     values = dict(
         hardware=hardware,
@@ -422,6 +507,8 @@ def simulate(
         calibrate_on=calibrate_on,
         calibration_profile=calibration_profile,
         overwrite=overwrite,
+        fmt=parse_format(fmt),
+        wide=wide,
     )
 
 

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
-from rich.table import Table
 
 from asteria_bench.errors import UserError
 from asteria_bench.outputs import check_out_folder, write_out_folder
+from asteria_bench.sim_tables import fidelity_table, simulate_table
+from asteria_bench.tables import OutputFormat, emit
 from reports.derive import write_derived
 from simulator.calibration import Calibration
 from simulator.convergence import (
@@ -20,10 +21,8 @@ from simulator.convergence import (
     ConvergenceError,
     StepsRatio,
     load_ratios,
-    steps_ratio_for,
-    time_to_target_ratio,
 )
-from simulator.replay import Fidelity, predict_run, replay_run
+from simulator.replay import predict_run, replay_run
 from simulator.whatif import WhatIf, WhatIfResult
 from simulator.workload import WorkloadError
 from traces.io import TraceError, read_trace, write_trace
@@ -34,32 +33,14 @@ def _check_run(path: Path, option: str) -> None:
         raise UserError(f"{option}: {path} is not a finished run directory (no metrics.parquet)")
 
 
-def _console() -> Console:
-    """Wide tables stay tables when output goes to a file or a CI log."""
-    return Console() if sys.stdout.isatty() else Console(width=200)
-
-
-def fidelity_table(fidelity: Fidelity, title: str) -> Table:
-    table = Table(title=title)
-    for column in ("figure", "measured", "simulated", "error"):
-        table.add_column(column, justify="right" if column != "figure" else "left")
-    rows = [
-        ("median step", "median_ms", "{:.2f} ms"),
-        ("p99 step", "p99_ms", "{:.2f} ms"),
-        ("visible optimizer overhead", "overhead", "{:.1%}"),
-    ]
-    for label, field, fmt in rows:
-        table.add_row(
-            label,
-            fmt.format(getattr(fidelity.measured, field)),
-            fmt.format(getattr(fidelity.simulated, field)),
-            f"{fidelity.error(field):.1%}",
-        )
-    return table
-
-
 def replay_command(
-    run_dir: Path, *, calibrate_on: Path | None, out: Path | None, overwrite: bool = False
+    run_dir: Path,
+    *,
+    calibrate_on: Path | None,
+    out: Path | None,
+    overwrite: bool = False,
+    fmt: OutputFormat = OutputFormat.TABLE,
+    wide: bool = False,
 ) -> None:
     _check_run(run_dir, "RUN_DIR")
     check_out_folder(out, overwrite=overwrite)
@@ -75,7 +56,7 @@ def replay_command(
         measured = read_trace(run_dir)
     except (TraceError, WorkloadError, ValueError) as exc:
         raise UserError(str(exc)) from None
-    _console().print(fidelity_table(fidelity, title))
+    emit([fidelity_table(fidelity, title)], fmt, wide=wide)
     if out is not None:
         metadata = replace(
             measured.metadata,
@@ -90,7 +71,7 @@ def replay_command(
             write_derived(folder)
 
         write_out_folder(out, "replay", write)
-        print(str(out))
+        _say(str(out), fmt)
 
 
 # ------------------------------------------------------------------ simulate
@@ -198,76 +179,6 @@ def validate_whatif(w: WhatIf) -> None:
         ) from None
 
 
-def results_table(
-    results: list[WhatIfResult], title: str, ratios: list[StepsRatio] | None = None
-) -> Table:
-    table = Table(title=title)
-    columns = [
-        "configuration",
-        "hardware",
-        "model",
-        "ranks",
-        "placement",
-        "median ms",
-        "mean ms",
-        "p99/p50",
-        "max/median",
-        "overhead vs fwd+bwd",
-        "wait ms/step",
-        "opt. state GiB/rank",
-        "on device GiB (peak)",
-        "link GB/step",
-        "copy wait ms/step",
-        "workers busy",
-        "vs AdamW (mean)",
-        "time to AdamW's loss vs AdamW",
-    ]
-    for c in columns:
-        table.add_column(c, justify="left" if c == "configuration" else "right")
-    adamw = {
-        (r.whatif.hardware, r.whatif.model, r.whatif.nodes, r.whatif.gpus_per_node): r.mean_ms
-        for r in results
-        if r.whatif.optimizer == "adamw"
-    }
-    for r in results:
-        w = r.whatif
-        base = adamw.get((w.hardware, w.model, w.nodes, w.gpus_per_node))
-        fits = "" if r.fits else f" (> {r.device_gib:.0f} GiB device!)"
-        table.add_row(
-            w.describe(),
-            w.hardware,
-            w.model,
-            f"{w.nodes}x{w.gpus_per_node}",
-            w.placement if w.optimizer != "adamw" else "-",
-            f"{r.median_ms:.1f}",
-            f"{r.mean_ms:.1f}",
-            f"{r.spike:.2f}",
-            f"{r.max_ms / r.median_ms:.2f}",
-            f"{100 * r.overhead:.1f} %",
-            f"{r.wait_ms_per_step:.2f}",
-            f"{r.state_gib_per_rank:.1f}",
-            f"{r.peak_device_state_gib:.1f}{fits}",
-            f"{r.link_gb_per_step:.2f}",
-            f"{r.transfer_wait_ms_per_step:.2f}",
-            f"{100 * r.worker_utilisation:.0f} %" if r.worker_utilisation else "-",
-            f"{r.mean_ms / base:.3f}" if base else "-",
-            _time_to_target(r, base, ratios or []),
-        )
-    return table
-
-
-def _time_to_target(r: WhatIfResult, adamw_mean_ms: float | None, ratios: list[StepsRatio]) -> str:
-    if not adamw_mean_ms:
-        return "-"
-    if r.whatif.optimizer == "adamw":
-        return "1.00"
-    ratio = steps_ratio_for(ratios, r.whatif.optimizer, r.whatif.staleness)
-    if ratio is None:
-        return "not measured"
-    value, plus_minus = time_to_target_ratio(r.mean_ms, adamw_mean_ms, ratio)
-    return f"{value:.2f} ± {plus_minus:.2f}"
-
-
 def results_frame(results: list[WhatIfResult]) -> pd.DataFrame:
     rows = []
     for r in results:
@@ -304,6 +215,8 @@ def simulate_command(
     calibrate_on: Path | None = None,
     calibration_profile: str | None = None,
     overwrite: bool = False,
+    fmt: OutputFormat = OutputFormat.TABLE,
+    wide: bool = False,
 ) -> None:
     import time
 
@@ -349,32 +262,35 @@ def simulate_command(
                 raise UserError(f"--device-budget: {exc}") from None
             progress.advance(task)
     wall = time.perf_counter() - started
-    _console().print(results_table(results, title, ratios))
     simulated_s = sum(float(r.simulated.step_ns.sum()) for r in results) / 1e9
-    print(
-        f"simulated {simulated_s:.1f} s of training in {wall:.1f} s of wall time ({simulated_s / wall:.0f}x)"
-    )
+    notes = []
     if ratios:
-        print(
+        notes.append(
             f"Time to target = measured steps ratio ({source.name}: the default GPT on CPU, one seed)"
             " x simulated mean step time; ± is the interpolation error of the loss curves."
             " That the steps ratio carries over to this model size is an assumption."
         )
     if calibration is None:
         efficiencies = "assumed efficiencies (simulator/projection.py, Efficiency)"
-        print(
+        notes.append(
             f"Op times are rooflines divided by {efficiencies}; --calibrate-on measures them on a run."
             " Profile numbers marked 'assumed' are estimates."
         )
     else:
         efficiencies = calibration.describe()
-        print(
+        notes.append(
             f"Op times are rooflines divided by efficiencies {efficiencies}; other ops keep their"
             " assumed efficiency. On other hardware each op is assumed to reach the same"
             " fraction of its roofline."
         )
+    frame = results_frame(results)
+    emit([simulate_table(results, frame, title, ratios, tuple(notes))], fmt, wide=wide)
+    _say(
+        f"simulated {simulated_s:.1f} s of training in {wall:.1f} s of wall time"
+        f" ({simulated_s / wall:.0f}x)",
+        fmt,
+    )
     if out is not None:
-        frame = results_frame(results)
         from asteria_bench.simulated_runs import write_simulated_runs
         from traces.atomic import atomic_write_text
 
@@ -383,7 +299,12 @@ def simulate_command(
             write_simulated_runs(results, folder, efficiencies)
 
         write_out_folder(out, "simulate", write)
-        print(f"{out / 'simulate.csv'} and {len(results)} simulated run(s) under {out}")
+        _say(f"{out / 'simulate.csv'} and {len(results)} simulated run(s) under {out}", fmt)
+
+
+def _say(line: str, fmt: OutputFormat) -> None:
+    """A status line: on stdout under a table, on stderr when stdout carries data."""
+    print(line, file=sys.stdout if fmt is OutputFormat.TABLE else sys.stderr)
 
 
 def _calibration(run_dir: Path | None, profile: str | None) -> Calibration | None:
