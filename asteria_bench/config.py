@@ -75,6 +75,7 @@ class RuntimeSection:
     update_mode: str = "replicated"  # under torchrun: replicated | sharded
     ranks_per_node: int | None = None  # None: torchrun's LOCAL_WORLD_SIZE
     dist_timeout: float = 60.0  # seconds a collective may wait for a dead or stuck rank
+    inter_node_staleness: int | None = None  # τ of results crossing nodes; None: staleness's
 
 
 @dataclass
@@ -331,6 +332,27 @@ def validate(config: RunConfig) -> None:
         "a positive number of seconds",
         r.dist_timeout,
     )
+    if r.inter_node_staleness is not None:  # sync or bounded:TAU within nodes, TAU <= it
+        from runtime.policies.staleness import Bounded, Sync
+
+        inter, option = r.inter_node_staleness, "--inter-node-staleness"
+        need(
+            isinstance(inter, int) and not isinstance(inter, bool) and 0 <= inter <= 1_000_000,
+            option,
+            "an integer in [0, 1000000]",
+            inter,
+        )
+        need(r.update_mode == "replicated", option, "--update-mode replicated", r.update_mode)
+        policy = parse_staleness(r.staleness)
+        need(
+            isinstance(policy, Sync | Bounded),
+            option,
+            "--staleness sync or bounded:TAU",
+            r.staleness,
+        )
+        floor = policy.tau if isinstance(policy, Bounded) else 0
+        need(inter >= floor, option, f"at least --staleness's τ ({floor})", inter)
+
 
 
 def parse_bytes(text: str, option: str) -> int:

@@ -225,7 +225,9 @@ def execution_config(
         if r.host_budget is None
         else parse_bytes(r.host_budget, "--host-budget"),
         spill=spill,
-        parallel=None if dist is None else ParallelConfig(dist, r.update_mode),
+        parallel=None
+        if dist is None
+        else ParallelConfig(dist, r.update_mode, r.inter_node_staleness),
     )
 
 
@@ -273,12 +275,16 @@ def train(
         ) from None
     recorder = recorder if recorder is not None else Recorder(enabled=True)
     net: torch.nn.Module = model
+    current_step = [0]  # the step whose gradients DDP is reducing, for their spans
     if dist is not None:
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None
         )
+        from runtime.distributed.gradients import trace_gradient_allreduce
+
+        trace_gradient_allreduce(net, recorder, lambda: current_step[0])
     spill = None
     if config.runtime.spill_dir is not None:
         from runtime.spill import SpillError, SpillStore
@@ -376,6 +382,7 @@ def train(
                 )
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             first_span = len(recorder.spans)
+            current_step[0] = step
             try:
                 loss, opt_ns = training_step(step, x, y)
                 if dist is not None:

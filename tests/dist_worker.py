@@ -1,7 +1,9 @@
 """One rank of data-parallel training runs, launched by torchrun from tests/test_distributed.py.
 
-Each run (``OPTIMIZER:MODE:STALENESS``) trains a small MLP under DDP with one
-of our optimizers, on a global batch drawn from one seeded generator and split
+Each run (``OPTIMIZER:MODE:STALENESS[+interK][+local]``) trains a small MLP
+under DDP with one of our optimizers (``+interK``: an inter-node staleness
+bound of K; ``+local``: link rates under which the plan keeps every block's
+refresh inside its node), on a global batch drawn from one seeded generator and split
 across ranks, so a single process with the whole batch sees the same data.
 After every step it hashes the parameters; rank r writes ``OUT/<i>-rank<r>.pt``
 per run i (tensors and ints only: hashes, final parameters, collective bytes,
@@ -27,6 +29,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from runtime import SOAP, ExecutionConfig, KLShampoo, Shampoo
 from runtime.distributed import DistContext, ParallelConfig, init_distributed
+from runtime.distributed.gradients import trace_gradient_allreduce
+from runtime.plan import LinkCosts
 from runtime.policies.staleness import parse_staleness
 from traces.recorder import Recorder
 
@@ -43,6 +47,10 @@ def params_hash(model: torch.nn.Module) -> int:
 
 def train_one(spec: str, index: int, args: argparse.Namespace, ctx: DistContext | None) -> None:
     name, mode, staleness = spec.split(":", 2)
+    staleness, *options = staleness.split("+")
+    inter = next((int(o[5:]) for o in options if o.startswith("inter")), None)
+    # a slow inter-node link: every block's result is dearer to send than to recompute
+    links = LinkCosts(1e15, 1.0) if "local" in options else None
     rank = ctx.rank if ctx else 0
     world = ctx.world_size if ctx else 1
     torch.manual_seed(0)
@@ -57,12 +65,15 @@ def train_one(spec: str, index: int, args: argparse.Namespace, ctx: DistContext 
         staleness=parse_staleness(staleness),
         workers=2,
         recorder=recorder,
-        parallel=ParallelConfig(ctx, mode) if ctx else None,
+        parallel=ParallelConfig(ctx, mode, inter, links) if ctx else None,
     )
     opt = OPTIMIZERS[name](
         model.parameters(), lr=1e-2, precondition_frequency=2, execution=execution
     )
-    net = DistributedDataParallel(model) if ctx else model
+    net: torch.nn.Module = model
+    if ctx:
+        net = DistributedDataParallel(model)
+        trace_gradient_allreduce(net, recorder, lambda: opt.optimizer_step + 1)
     generator = torch.Generator().manual_seed(1)
     global_ranks = args.global_ranks or world
     batch = args.batch
@@ -88,13 +99,22 @@ def train_one(spec: str, index: int, args: argparse.Namespace, ctx: DistContext 
         if ctx:
             ctx.heartbeat(step)
     opt.close()
-    collective = [s for s in recorder.spans if s.category.value == "collective"]
+    spans = [s for s in recorder.spans if s.category.value == "collective"]
+    allreduce = [s for s in spans if s.name == "allreduce"]  # DDP's gradients
+    collective = [s for s in spans if s.name != "allreduce"]  # the optimizer's
+    group_bytes: dict[str, int] = {}
+    for s in collective:
+        group = (s.detail or "").rpartition("(group ")[2].rstrip(")")
+        group_bytes[group] = group_bytes.get(group, 0) + s.bytes
     torch.save(
         {
             "hashes": torch.tensor(hashes, dtype=torch.int64),
             "params": [p.detach().clone() for p in model.parameters()],
             "collective_bytes": sum(s.bytes for s in collective),
             "collectives": len(collective),
+            "group_bytes": group_bytes,
+            "allreduce_bytes": sum(s.bytes for s in allreduce),
+            "allreduce_steps": len({s.step for s in allreduce}),
             "owned_blocks": len(opt.assignment.owned_by(rank)) if opt.assignment else -1,
             "state_blocks": len(opt.store),
         },

@@ -40,6 +40,7 @@ from tests.samples import TINY_RUN
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = str(ROOT / "tests" / "dist_worker.py")
 OPTIMIZERS = ("soap", "shampoo", "kl-shampoo")
+DIM = 12  # tests/dist_worker.py's layers: DIM x DIM weights and DIM biases
 
 pytestmark = pytest.mark.slow
 
@@ -159,10 +160,14 @@ def test_two_ranks_every_optimizer_mode_and_staleness(tmp_path: Path) -> None:
     check_one_version_everywhere(results)
     reference_runs = [f"{n}:replicated:{s}" for n in OPTIMIZERS for s in ("sync", "bounded:3")]
     refs = references(tmp_path, reference_runs, batch=128, ranks=2)
+    parameter_bytes = 3 * (DIM * DIM + DIM) * 4
     for spec, ranks in results.items():
         name, mode, staleness = spec.split(":", 2)
         ref = refs[f"{name}:replicated:{staleness}"]
         assert max_relative_error(ranks[0]["params"], ref["params"]) <= 1e-5, spec
+        # DDP's gradient all-reduce, traced by its comm hook: every gradient, every step
+        for r in ranks:
+            assert (r["allreduce_steps"], r["allreduce_bytes"]) == (8, 8 * parameter_bytes), spec
         if mode == "replicated":
             # roots move: one broadcast per refreshed block version, nothing gathered
             assert all(r["collectives"] > 0 and r["collective_bytes"] > 0 for r in ranks), spec
@@ -178,17 +183,41 @@ def test_two_ranks_every_optimizer_mode_and_staleness(tmp_path: Path) -> None:
 
 
 def test_four_ranks_on_two_emulated_nodes(tmp_path: Path) -> None:
+    """2 nodes x 2 ranks: one version everywhere, with one bound and with a bound per level.
+
+    ``+inter5``: results that cross nodes install at τ = 5, the others at 3;
+    every block of this model crosses, so the run is the single process's
+    ``bounded:5``. ``+local``: the plan keeps every refresh inside its node,
+    nothing crosses, so the run is bitwise the one-level ``bounded:3`` run.
+    """
     runs = [f"{n}:{m}:bounded:3" for n in OPTIMIZERS for m in ("replicated", "sharded")]
+    runs += [f"{n}:replicated:bounded:3+inter5" for n in OPTIMIZERS]
+    runs += ["shampoo:replicated:bounded:3+inter5+local"]
     results = run_matrix(tmp_path, 4, runs, 32, "--ranks-per-node", "2")
     check_one_version_everywhere(results)
+    fast = ("shampoo", "kl-shampoo")
     refs = references(
-        tmp_path, [f"{n}:replicated:bounded:3" for n in ("shampoo", "kl-shampoo")], 32, 4
+        tmp_path, [f"{n}:replicated:bounded:{tau}" for n in fast for tau in (3, 5)], 32, 4
     )
-    for name in ("shampoo", "kl-shampoo"):
+    for name in fast:
         ref = refs[f"{name}:replicated:bounded:3"]
         for mode in ("replicated", "sharded"):
             got = results[f"{name}:{mode}:bounded:3"][0]["params"]
             assert max_relative_error(got, ref["params"]) <= 1e-5, (name, mode)
+        leveled = results[f"{name}:replicated:bounded:3+inter5"][0]["params"]
+        assert max_relative_error(leveled, refs[f"{name}:replicated:bounded:5"]["params"]) <= 1e-5
+    for name in OPTIMIZERS:
+        leveled = results[f"{name}:replicated:bounded:3+inter5"]
+        one_level = results[f"{name}:replicated:bounded:3"]
+        assert not torch.equal(leveled[0]["hashes"], one_level[0]["hashes"]), name
+        # each result crosses nodes once (owner to the other node's leader), then each
+        # node's leader forwards it within its node
+        for rank, result in enumerate(leveled):
+            assert set(result["group_bytes"]) == {"inter", "intra"}, (name, rank)
+    local = results["shampoo:replicated:bounded:3+inter5+local"]
+    assert torch.equal(local[0]["hashes"], results["shampoo:replicated:bounded:3"][0]["hashes"])
+    assert all(set(r["group_bytes"]) == {"intra"} for r in local)
+    assert [r["owned_blocks"] for r in local] == [2, 1, 2, 1]  # 3 blocks, on each node
 
 
 def test_a_hung_rank_is_named_within_the_timeout(tmp_path: Path) -> None:
@@ -263,6 +292,11 @@ def test_torchrun_run_writes_one_run_directory_with_a_trace_per_rank(tmp_path: P
     for trace in (leader, follower):
         gathers = trace.spans[trace.spans["name"] == "allgather"]
         assert len(gathers) == 5 and (gathers["bytes"] > 0).all()  # SOAP's first call inits
+        reduced = trace.spans[trace.spans["name"] == "allreduce"]  # DDP's, every step
+        assert sorted(set(reduced["step"])) == list(range(1, 7))
+        assert reduced["detail"].str.endswith("(group default)").all()
+        per_step = reduced.groupby("step")["bytes"].sum()
+        assert per_step.nunique() == 1 and per_step.iloc[0] % 4 == 0  # every fp32 gradient
     summary = (out / "summary.md").read_text()
     assert "## Ranks (2)" in summary
     rows = [line for line in summary.splitlines() if line.startswith(("| 0", "| 1"))]
@@ -351,3 +385,66 @@ def test_a_refused_out_is_one_line_on_every_rank_at_once(tmp_path: Path) -> None
     assert time.monotonic() - start < 40, "the other rank must not wait for a timeout"
     assert proc.stderr.count("is not a run directory of asteria-bench") == 2, proc.stderr[-2000:]
     assert (precious / "notes.txt").read_text() == "mine"
+
+
+def test_run_publishes_across_two_nodes_with_an_inter_node_bound(tmp_path: Path) -> None:
+    """2 emulated nodes of one rank: each result crosses nodes once, at τ_inter."""
+    from traces.io import read_trace
+
+    out = tmp_path / "run"
+    proc = torchrun(
+        2,
+        "-m",
+        "asteria_bench",
+        "run",
+        *TINY,
+        "--optimizer",
+        "shampoo",
+        "--precondition-frequency",
+        "2",
+        "--staleness",
+        "bounded:1",
+        "--inter-node-staleness",
+        "3",
+        "--ranks-per-node",
+        "1",
+        "--out",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for trace in (read_trace(out), read_trace(out / "ranks" / "1")):
+        assert trace.metadata.policies["inter_node_staleness"] == "3"
+        published = trace.spans[trace.spans["name"] == "publish"]
+        assert len(published) > 0 and published["detail"].str.endswith("(group inter)").all()
+        taus = trace.counters[trace.counters["name"] == "staleness"]["value"]
+        assert len(taus) > 0 and set(taus) == {3.0}  # every block crosses: τ_inter
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--inter-node-staleness", "-1"], "expected an integer in [0, 1000000], got -1"),
+        (
+            ["--inter-node-staleness", "2", "--update-mode", "sharded"],
+            "expected --update-mode replicated, got 'sharded'",
+        ),
+        (
+            ["--inter-node-staleness", "2", "--staleness", "adaptive:4"],
+            "expected --staleness sync or bounded:TAU, got 'adaptive:4'",
+        ),
+        (
+            ["--inter-node-staleness", "2", "--staleness", "bounded:4"],
+            "expected at least --staleness's τ (4), got 2",
+        ),
+    ],
+)
+def test_inter_node_staleness_is_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    from tests.cli_runner import run_cli
+
+    out = tmp_path / "x"
+    assert run_cli(["run", *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.endswith(f"--inter-node-staleness: {message}"), err
+    assert not out.exists()

@@ -2,30 +2,44 @@
 
 Every rank runs every block's hot path, so every rank must install the same
 result at the same step. The owner (``runtime.plan.assign_owners``) computes
-the refresh; the result travels as one byte buffer (``packing``) in a
-broadcast on the publication group, issued with ``async_op=True`` so that it
-overlaps training, and the install queue waits on it at the install step.
+the refresh; the result travels as one byte buffer (``packing``) in
+broadcasts issued with ``async_op=True``, so that they overlap training, and
+the install queue waits on the last one at the install step.
 
-Collectives must be issued in the same order on every rank. Every rank knows
-every job's version and install step (the schedule and the staleness policy
-are deterministic), so a publication is issued at a point all ranks reach in
-the same order:
+The route depends on the topology (``Route``):
+
+- one node: one broadcast on the publication group;
+- several nodes, a block the plan keeps inside its node (node-local): each
+  node's owner broadcasts on its node's intra-node group;
+- several nodes, a block whose result crosses nodes: the owner broadcasts on
+  its inter-node group (the ranks of its local index on every node: one
+  *leader* per node), then each node's leader broadcasts within its node.
+  Such a block installs at the inter-node staleness bound
+  (``runtime.policies.levels``), so the slow hop has more steps to finish.
+
+Collectives must be issued in the same order on every member of a group.
+Every rank knows every job's version and install step (the schedule and the
+staleness policy are deterministic), so each hop is issued at a point all
+ranks reach in the same order:
 
 - a result computed inline (synchronous policies) is published at once, at
   its submission: the owner has it, the others receive it while the step goes on;
-- an asynchronous result is published at the start of the optimizer step one
-  update before its install (``at_step(install - 1)``), the owner waiting for
-  its worker there if it must (a ``wait_refresh`` span with detail
-  ``publish``), so that a whole step of training overlaps the transfer;
-- if that point is not after the submission (τ = 1), it is published when the
-  install asks for it.
+- an asynchronous result's hops are issued at the start of the optimizer
+  steps before its install, the last hop one update before it, the one before
+  one update earlier (``at_step``); the owner waits for its worker there if it
+  must (a ``wait_refresh`` span with detail ``publish``), and a leader waits
+  for the inter-node hop before it forwards the result;
+- a hop whose point is not after the submission (small τ) is issued when the
+  install asks for the result.
 
-Each publication is a ``publish`` span on its own track with its bytes.
+Each hop a rank takes part in is a ``publish`` span on its own track with its
+bytes and its group (``detail``: ``v<version> from rank <r> (group <level>)``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,11 +47,38 @@ import torch.distributed as dist
 
 from runtime.distributed.context import DistContext
 from runtime.distributed.packing import ResultLayout, pack, unpack
+from runtime.plan.ownership import Assignment
 from runtime.refresh.executors import Finished, JobOutcome, RefreshJob, ResultHandle
 from traces.recorder import Recorder
 from traces.schema import Category
 
 PUBLISH_TRACK = "publish"
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One broadcast of a route: on ``group`` from ``src``; ``group`` None where this rank is not in it."""
+
+    level: str  # publish | intra | inter: the group, as the trace names it
+    group: Any
+    src: int
+
+
+def route(assignment: Assignment, ctx: DistContext, block: str) -> tuple[Hop, ...]:
+    """The broadcasts that bring ``block``'s result to this rank, in order."""
+    topology = ctx.topology
+    if topology.nodes == 1:
+        return (Hop("publish", ctx.publish_group, assignment.owners[block]),)
+    per = topology.local_size
+    here = topology.node_of(ctx.rank) * per
+    if not assignment.crosses_nodes(block):
+        return (Hop("intra", ctx.intra_group, assignment.owner_for(block, ctx.rank)),)
+    owner = assignment.owners[block]
+    leader = owner % per
+    inter = Hop("inter", ctx.inter_group if ctx.local_rank == leader else None, owner)
+    if per == 1:
+        return (inter,)
+    return (inter, Hop("intra", ctx.intra_group, here + leader))
 
 
 class _Publication:
@@ -48,113 +89,140 @@ class _Publication:
         publisher: OwnerBroadcastPublisher,
         job: RefreshJob,
         computed: ResultHandle | None,
-        owner: int,
+        hops: tuple[Hop, ...],
     ) -> None:
         self._publisher = publisher
         self.job = job
         self.computed = computed
-        self.owner = owner
+        self.hops = hops
+        self.issued = 0  # how many hops have been issued
         self.buffer: torch.Tensor | None = None
-        self.work: Any = None
-        self.issued_ns = 0
+        self._works: list[tuple[Hop, Any, int]] = []  # (hop, work, issued at), for our hops
         self._outcome: JobOutcome | None = None
 
-    @property
-    def issued(self) -> bool:
-        return self.work is not None
+    def issue_at(self, hop: int) -> int:
+        """The update at whose start hop ``hop`` is issued: the last one before the install."""
+        return self.job.install_step - (len(self.hops) - hop)
 
-    def issue(self) -> None:
-        """Start the broadcast (the owner first takes its own result, waiting if needed)."""
+    def _packed_result(self) -> torch.Tensor:
+        """This rank's own result, waited for if its worker is still on it, as bytes."""
         pub = self._publisher
-        layout = pub.layout_of(self.job.block)
-        if self.computed is not None:
-            if not self.computed.done():
-                with pub.recorder.span(
-                    "wait_refresh",
-                    Category.WAIT,
-                    step=self.job.step,
-                    block=self.job.block,
-                    detail="publish",
-                ):
-                    outcome = self.computed.outcome()
-            else:
+        assert self.computed is not None
+        if not self.computed.done():
+            with pub.recorder.span(
+                "wait_refresh",
+                Category.WAIT,
+                step=self.job.step,
+                block=self.job.block,
+                detail="publish",
+            ):
                 outcome = self.computed.outcome()
-            self._outcome = outcome
-            self.buffer = pack(outcome.result, layout, pub.buffer_device)
         else:
-            self.buffer = layout.empty(pub.buffer_device)
-        self.issued_ns = pub.recorder.clock()
-        self.work = dist.broadcast(
-            self.buffer, src=self.owner, group=pub.ctx.publish_group, async_op=True
-        )
+            outcome = self.computed.outcome()
+        self._outcome = outcome
+        return pack(outcome.result, pub.layout_of(self.job.block), pub.buffer_device)
 
-    def done(self) -> bool:
-        return self.issued and bool(self.work.is_completed())
+    def issue_next(self) -> None:
+        """Start the next hop (the owner first takes its own result; a leader waits the hop before)."""
+        pub = self._publisher
+        hop = self.hops[self.issued]
+        self.issued += 1
+        if hop.group is None:
+            return  # not a member of this hop
+        if self.buffer is None:
+            if self.computed is not None:
+                self.buffer = self._packed_result()
+            else:
+                self.buffer = pub.layout_of(self.job.block).empty(pub.buffer_device)
+        buffer = self.buffer
+        self._wait_all()  # what this rank forwards must have arrived
+        work = dist.broadcast(buffer, src=hop.src, group=hop.group, async_op=True)
+        self._works.append((hop, work, pub.recorder.clock()))
 
-    def outcome(self) -> JobOutcome:
-        if not self.issued:
-            self._publisher.issue_now(self)
-        self.work.wait()
+    def _wait_all(self) -> None:
         pub = self._publisher
         assert self.buffer is not None
-        pub.recorder.add_span(
-            "publish",
-            Category.COLLECTIVE,
-            self.issued_ns,
-            pub.recorder.clock(),
-            step=self.job.step,
-            block=self.job.block,
-            nbytes=int(self.buffer.numel()),
-            detail=f"v{self.job.version} from rank {self.owner} (group publish)",
-            track=PUBLISH_TRACK,
-        )
+        while self._works:
+            hop, work, issued_ns = self._works.pop(0)
+            work.wait()
+            pub.recorder.add_span(
+                "publish",
+                Category.COLLECTIVE,
+                issued_ns,
+                pub.recorder.clock(),
+                step=self.job.step,
+                block=self.job.block,
+                nbytes=int(self.buffer.numel()),
+                detail=f"v{self.job.version} from rank {hop.src} (group {hop.level})",
+                track=PUBLISH_TRACK,
+            )
+
+    @property
+    def complete(self) -> bool:
+        return self.issued == len(self.hops)
+
+    def done(self) -> bool:
+        return self.complete and all(work.is_completed() for _, work, _ in self._works)
+
+    def outcome(self) -> JobOutcome:
+        while not self.complete:
+            self._publisher.issue_next(self)
+        self._wait_all()
         if self._outcome is None:
+            pub = self._publisher
+            assert self.buffer is not None
             result = unpack(self.buffer, pub.layout_of(self.job.block), pub.result_type)
             self._outcome = JobOutcome(result, 0)
         return self._outcome
 
 
 class OwnerBroadcastPublisher:
-    """Results go from each block's owner to all ranks, one async broadcast per version."""
+    """Results go from each block's owner to all ranks, along the block's ``route``."""
 
     def __init__(
         self,
         ctx: DistContext,
-        owners: dict[str, int],
+        assignment: Assignment,
         layout_of: Callable[[str], ResultLayout],
         result_type: type,
         recorder: Recorder,
         buffer_device: torch.device,
     ) -> None:
         self.ctx = ctx
-        self.owners = owners
+        self.assignment = assignment
         self.layout_of = layout_of
         self.result_type = result_type
         self.recorder = recorder
         self.buffer_device = buffer_device
-        self._waiting: list[_Publication] = []  # not issued yet, in submission order
+        self._routes = {block: route(assignment, ctx, block) for block in assignment.owners}
+        self._waiting: list[_Publication] = []  # hops not all issued, in submission order
 
     def owns(self, block: str) -> bool:
-        return self.owners[block] == self.ctx.rank
+        return self.assignment.owner_for(block, self.ctx.rank) == self.ctx.rank
 
     def publish(self, job: RefreshJob, computed: ResultHandle | None) -> ResultHandle:
-        publication = _Publication(self, job, computed, self.owners[job.block])
+        publication = _Publication(self, job, computed, self._routes[job.block])
         if isinstance(computed, Finished) or (computed is None and job.inline):
-            self.issue_now(publication)
+            while not publication.complete:
+                publication.issue_next()
         else:
             self._waiting.append(publication)
         return publication
 
     def at_step(self, t: int) -> None:
-        """Issue, in submission order, the publications due one update before their install."""
-        due = [p for p in self._waiting if p.job.install_step - 1 == t and t > p.job.version]
-        for publication in due:
-            self.issue_now(publication)
+        """Issue, in submission order, the hops due by update ``t`` of jobs submitted before it."""
+        for publication in list(self._waiting):
+            if t <= publication.job.version:
+                continue
+            while not publication.complete and publication.issue_at(publication.issued) <= t:
+                publication.issue_next()
+            if publication.complete:
+                self._waiting.remove(publication)
 
-    def issue_now(self, publication: _Publication) -> None:
-        if publication in self._waiting:
+    def issue_next(self, publication: _Publication) -> None:
+        publication.issue_next()
+        if publication.complete and publication in self._waiting:
             self._waiting.remove(publication)
-        publication.issue()
 
     def close(self) -> None:
         self._waiting.clear()

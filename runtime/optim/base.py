@@ -17,6 +17,7 @@ initialise its state; that call leaves the parameter unchanged and t at 0.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
@@ -151,7 +152,8 @@ class BlockedOptimizer(torch.optim.Optimizer):
         check_staleness_for_ranks(self.execution.staleness.name)
         ctx = parallel.context
         mode = parallel.update_mode
-        self.assignment = assign_owners(self._ownership_work(mode), ctx.topology)
+        links = parallel.links if mode == "replicated" else None
+        self.assignment = assign_owners(self._ownership_work(mode), ctx.topology, links=links)
         owners = self.assignment.owners
         buffer_device = (
             torch.device("cuda", torch.cuda.current_device())
@@ -172,8 +174,16 @@ class BlockedOptimizer(torch.optim.Optimizer):
             dtype = state_dtype(self._params[block.param_index])
             return self._result_layout(block, self._block_config(group), dtype)
 
+        if parallel.inter_node_staleness is not None and ctx.topology.nodes > 1:
+            from runtime.policies.levels import LevelStaleness
+
+            crossing = frozenset(b for b in owners if self.assignment.crosses_nodes(b))
+            staleness = LevelStaleness(
+                self.execution.staleness, parallel.inter_node_staleness, crossing
+            )
+            self.execution = dataclasses.replace(self.execution, staleness=staleness)
         return OwnerBroadcastPublisher(
-            ctx, owners, layout_of, self.refresh_result_type, self._recorder, buffer_device
+            ctx, self.assignment, layout_of, self.refresh_result_type, self._recorder, buffer_device
         )
 
     def _ownership_work(self, mode: str) -> list[BlockWork]:
@@ -295,10 +305,9 @@ class BlockedOptimizer(torch.optim.Optimizer):
             if not self.spec.has_refresh(*block.shape, self._block_config(group)):
                 continue
             cost = block_refresh_flops(*block.shape, self._cost_config(group))
-            nbytes = self._slot_bytes(block, _FACTOR_KINDS) + 2 * self._slot_bytes(
-                block, _RESULT_KINDS
-            )
-            out.append(BlockWork(block.id, cost, nbytes))
+            result = self._slot_bytes(block, _RESULT_KINDS)
+            nbytes = self._slot_bytes(block, _FACTOR_KINDS) + 2 * result
+            out.append(BlockWork(block.id, cost, nbytes, result_bytes=result))
         return out
 
     # ----------------------------------------------------------------- hooks

@@ -11,7 +11,8 @@ resources; both import it, so neither keeps a copy. Standard library only
 - ``runtime.plan.spec``: ``OptimizerSpec`` per optimizer (``SPECS``), ``BlockConfig``,
   ``Phase``, ``RefreshSchedule``.
 - ``runtime.plan.costmodel``: state, FLOPs and bytes per block and per model.
-- ``runtime.plan.ownership``: ``assign_owners`` (greedy LPT, memory-aware) over a ``Topology``.
+- ``runtime.plan.ownership``: ``assign_owners`` (greedy LPT, memory-aware, node-local where
+  ``LinkCosts`` say it pays) over a ``Topology``.
 """
 
 from runtime.plan.kinds import LinkKind, SlotKind
@@ -19,8 +20,10 @@ from runtime.plan.ownership import (
     Assignment,
     AssignmentError,
     BlockWork,
+    LinkCosts,
     Topology,
     assign_owners,
+    keeps_in_node,
 )
 from runtime.plan.spec import (
     SPECS,
@@ -40,6 +43,7 @@ __all__ = [
     "AssignmentError",
     "BlockConfig",
     "BlockWork",
+    "LinkCosts",
     "LinkKind",
     "OptimizerSpec",
     "Phase",
@@ -48,5 +52,6 @@ __all__ = [
     "SlotSpec",
     "Topology",
     "assign_owners",
+    "keeps_in_node",
     "spec_of",
 ]
