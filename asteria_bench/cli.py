@@ -539,6 +539,54 @@ def profile(
     )
 
 
+@app.command()
+def compare(
+    runs: Annotated[
+        list[Path], typer.Argument(help="run directories of any kind: measured, simulated, ...")
+    ],
+    target_loss: Annotated[
+        float | None,
+        typer.Option(help="validation loss to time (default: the worst run's best)"),
+    ] = None,
+    columns: Annotated[
+        str | None, typer.Option(help="comma-separated columns, e.g. run,median_step_ms,wait_ms")
+    ] = None,
+    wide: Annotated[
+        bool, typer.Option("--wide", help="every column, not the 100-column set")
+    ] = False,
+    fmt: Annotated[str, typer.Option("--format", help="table | csv | json | md")] = "table",
+) -> None:
+    """Compare runs step-aligned: step times, overhead, spikes, bytes, staleness, waits, loss.
+
+    Example: asteria-bench compare runs/sync runs/bounded --target-loss 2.5
+    """
+    from asteria_bench.compare_cmd import compare_command
+
+    compare_command(runs, target_loss=target_loss, columns=columns, wide=wide, fmt=fmt)
+
+
+@app.command()
+def report(
+    runs: Annotated[list[Path], typer.Argument(help="run directories of any kind")],
+    out: Annotated[Path, typer.Option(help="folder for report.html, report.md and the figures")],
+    target_loss: Annotated[
+        float | None,
+        typer.Option(help="validation loss drawn and timed (default: the worst run's best)"),
+    ] = None,
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="replace an --out folder that asteria-bench wrote"),
+    ] = False,
+) -> None:
+    """Write an HTML report (figures embedded, opens offline) and its Markdown twin.
+
+    Example: asteria-bench report runs/sync runs/bounded --out reports-out/
+    """
+    from asteria_bench.report_cmd import report_command
+
+    report_command(runs, out=out, target_loss=target_loss, overwrite=overwrite)
+
+
 def _click_classes(name: str) -> tuple[type[BaseException], ...]:
     """The class ``name`` from click and from typer's vendored click (typer >= 0.20).
 

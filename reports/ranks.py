@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from traces.io import Trace, read_trace
+from traces.metrics import step_metrics
 
 RANKS_DIRNAME = "ranks"
 
@@ -35,6 +37,11 @@ def rank_traces(run_dir: Path) -> list[Trace]:
         ranks = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
         traces += [read_trace(folder / str(r)) for r in ranks]
     return traces
+
+
+def rank_metrics(run_dir: Path) -> list[tuple[int, pd.DataFrame]]:
+    """Each rank's metrics table (``traces.metrics``), in rank order."""
+    return [(t.metadata.rank, step_metrics(t)) for t in rank_traces(run_dir)]
 
 
 def rank_figures(trace: Trace) -> RankFigures:
