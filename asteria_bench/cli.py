@@ -365,7 +365,9 @@ def run(
 
 @app.command()
 def replay(
-    run_dir: Annotated[Path, typer.Argument(help="a run directory written by `asteria-bench run`")],
+    run_dir: Annotated[
+        Path, typer.Argument(help="a run directory: measured, simulated or imported")
+    ],
     calibrate_on: Annotated[
         Path | None,
         typer.Option(help="calibrate the model on this other run instead (held-out prediction)"),
@@ -379,13 +381,52 @@ def replay(
     ] = False,
     fmt: FormatOption = "table",
     wide: WideOption = False,
+    staleness: Annotated[
+        str | None,
+        typer.Option(
+            help="what if: simulate the run's workload under this refresh policy instead"
+            " (sync | bounded:TAU | adaptive:TAU_MAX)",
+            rich_help_panel="What if",
+        ),
+    ] = None,
+    workers: Annotated[
+        int, typer.Option(help="with --staleness: refresh workers", rich_help_panel="What if")
+    ] = 1,
+    root_device: Annotated[
+        str,
+        typer.Option(
+            help="with --staleness: host | device, where refresh jobs compute",
+            rich_help_panel="What if",
+        ),
+    ] = "host",
+    worker_speed: Annotated[
+        float,
+        typer.Option(
+            help="with --staleness: refresh jobs run this many times as fast as in the trace"
+            " (0.25: a host 4x slower than the GPU measured)",
+            rich_help_panel="What if",
+        ),
+    ] = 1.0,
 ) -> None:
-    """Simulate a measured run on its own measured costs; print measured vs simulated.
+    """Simulate a run on its own measured costs; print measured vs simulated.
 
     Example: asteria-bench replay runs/soap-sync --calibrate-on runs/soap-sync
+
+    What if its refreshes ran asynchronously on the host:
+    asteria-bench replay runs/imported --staleness bounded:4 --workers 2
     """
-    from asteria_bench.simulate_cmd import replay_command
     from asteria_bench.tables import parse_format
+
+    if staleness is not None:
+        from asteria_bench.policy_cmd import policy_command
+        from simulator.policy_whatif import PolicyChange
+
+        if calibrate_on is not None or out is not None:
+            raise UserError("--staleness: not with --calibrate-on or --out")
+        change = PolicyChange(staleness, workers, root_device, worker_speed)
+        policy_command(run_dir, change, parse_format(fmt), wide)
+        return
+    from asteria_bench.simulate_cmd import replay_command
 
     replay_command(
         run_dir,
@@ -394,6 +435,48 @@ def replay(
         overwrite=overwrite,
         fmt=parse_format(fmt),
         wide=wide,
+    )
+
+
+@app.command("import-kineto")
+def import_kineto(
+    traces: Annotated[
+        list[Path],
+        typer.Argument(help="PyTorch profiler traces (.json or .json.gz), one per rank"),
+    ],
+    out: Annotated[Path, typer.Option(help="the run directory to write")],
+    overwrite: Annotated[
+        bool,
+        typer.Option("--overwrite", help="replace an --out folder that asteria-bench wrote"),
+    ] = False,
+    refresh_ops: Annotated[
+        str | None,
+        typer.Option(
+            help="comma-separated parts of the op names that are the optimizer's refresh"
+            " (default: eigh, linalg_eig, linalg_qr, cholesky, svd, inverse_root)"
+        ),
+    ] = None,
+    precondition_frequency: Annotated[
+        int | None,
+        typer.Option(help="refresh every f steps (default: the gap between refreshing steps)"),
+    ] = None,
+) -> None:
+    """Import PyTorch profiler (Kineto) traces as a run directory (kind "imported").
+
+    Steps from ProfilerStep#N, forward / backward / optimizer spans, GPU kernels
+    per stream, NCCL collectives with bytes, rank and world size from
+    distributedInfo. replay, compare and report read the result.
+
+    Example: asteria-bench import-kineto rank0.pt.trace.json.gz rank1.pt.trace.json.gz --out runs/profiled
+    """
+    from asteria_bench.import_cmd import import_kineto_command
+
+    import_kineto_command(
+        traces,
+        out=out,
+        overwrite=overwrite,
+        refresh_ops=refresh_ops,
+        precondition_frequency=precondition_frequency,
     )
 
 

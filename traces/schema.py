@@ -121,7 +121,7 @@ class RunMetadata:
     """
 
     run_id: str
-    kind: str  # "measured" or "simulated"
+    kind: str  # "measured", "simulated" or "imported" (a profiler trace)
     created_utc: str
     hardware: HardwareInfo
     software: SoftwareInfo
