@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.axis import Axis
 from matplotlib.figure import Figure
-from matplotlib.ticker import ScalarFormatter
+from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
 from reports.compare import SPIKE_FACTOR
 from reports.facts import tier_bytes
@@ -53,12 +54,13 @@ def _figure(width: float = 8.0, height: float = 4.0) -> Figure:
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def _plain_log_axis(axis: object) -> None:
-    """Log scale with plain numbers (12, 30) instead of powers of ten."""
+def _plain_log_axis(axis: Axis) -> None:
+    """Log scale ticked at 1, 2 and 5 of each decade, as plain numbers (200, not 2x10^2)."""
     formatter = ScalarFormatter()
     formatter.set_scientific(False)
-    axis.set_major_formatter(formatter)  # type: ignore[attr-defined]
-    axis.set_minor_formatter(formatter)  # type: ignore[attr-defined]
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(formatter)
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _ms(run: LoadedRun) -> np.ndarray:
