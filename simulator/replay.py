@@ -27,6 +27,7 @@ from runtime.policies.staleness import StalenessPolicy, parse_staleness
 from simulator.engine import SimConfig, SimResult, simulate
 from simulator.interference import worker_interference_of
 from simulator.links import LinkRates
+from simulator.multirank import Layout, calibrate, is_multirank, simulate_ranks
 from simulator.placement_model import UNLIMITED_BYTES, MemoryBudget
 from simulator.profiles import ProfileError, load_profile
 from simulator.tiering import Tiering
@@ -195,11 +196,18 @@ def _simulated_figures(result: SimResult) -> StepFigures:
 
 
 def replay_run(run_dir: Path) -> tuple[Fidelity, SimResult]:
-    """The run simulated on its own costs, its workers' measured interference included."""
+    """The run simulated on its own costs, its workers' measured interference included.
+
+    A data-parallel run is replayed from all of its ranks' traces
+    (``simulator.multirank``).
+    """
     trace = read_trace(run_dir)
     steps = int(pd.read_parquet(run_dir / "metrics.parquet")["step"].max())
     config = sim_config_of(trace, steps, worker_interference_of(trace))
-    result = simulate(workload_from_trace(trace), config)
+    if is_multirank(trace):
+        result = simulate_ranks(calibrate(run_dir), Layout.of(trace), config)
+    else:
+        result = simulate(workload_from_trace(trace), config)
     return Fidelity(measured_figures(run_dir), _simulated_figures(result)), result
 
 
@@ -212,8 +220,18 @@ def predict_run(
     ``worker_interference`` is how much a running host job slows the training
     thread on the calibration machine (``runtime.probe.worker_interference``);
     a synchronous run cannot show it."""
-    model = workload_from_trace(read_trace(calibration_dir))
+    calibration = read_trace(calibration_dir)
     target = read_trace(target_dir)
     steps = int(pd.read_parquet(target_dir / "metrics.parquet")["step"].max())
-    result = simulate(model, sim_config_of(target, steps, worker_interference))
+    config = sim_config_of(target, steps, worker_interference)
+    if is_multirank(calibration):
+        result = simulate_ranks(calibrate(calibration_dir), Layout.of(target), config)
+    elif is_multirank(target):
+        raise ValueError(
+            f"{calibration_dir}: a run of one rank cannot calibrate a prediction of"
+            f" {target_dir}'s {target.metadata.world_size} ranks (it measured no collective);"
+            " calibrate on a data-parallel run"
+        )
+    else:
+        result = simulate(workload_from_trace(calibration), config)
     return Fidelity(measured_figures(target_dir), _simulated_figures(result)), result

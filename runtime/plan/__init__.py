@@ -13,6 +13,7 @@ resources; both import it, so neither keeps a copy. Standard library only
 - ``runtime.plan.costmodel``: state, FLOPs and bytes per block and per model.
 - ``runtime.plan.ownership``: ``assign_owners`` (greedy LPT, memory-aware, node-local where
   ``LinkCosts`` say it pays) over a ``Topology``.
+- ``runtime.plan.work``: ``ownership_work``, what owning each block costs per update mode.
 """
 
 from runtime.plan.kinds import LinkKind, SlotKind
