@@ -1,8 +1,8 @@
 """``asteria-bench compare``: the figures that decide between runs, one row a run.
 
 Runs of any kind (measured, simulated, replayed, imported) are aligned by
-step: each is cut to the steps every run has, so a 60-step measurement and a
-200-step projection are compared on the same 60 steps. Every figure comes from
+step: each is cut to the number of steps every run has, so a 60-step
+measurement and a 200-step projection are compared on their first 60 steps. Every figure comes from
 the trace (``reports.runs``), none from a file a run may lack.
 
 The terminal table fits ``TABLE_WIDTH`` columns: the columns are taken in
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from reports.facts import LINKS, link_bytes, peak_device_bytes, staleness
-from reports.runs import LoadedRun, clipped, common_steps
+from reports.runs import LoadedRun, aligned, common_steps
 
 TABLE_WIDTH = 100
 SPIKE_FACTOR = 1.5
@@ -190,7 +190,7 @@ def run_row(run: LoadedRun, target: float | None) -> RunRow:
 @dataclass(frozen=True)
 class Comparison:
     rows: list[RunRow]
-    steps: int  # the aligned steps: 1..steps
+    steps: int  # each run's first this many steps are compared
     cut: bool  # some run had more steps than that
     target_loss: float | None
     target_given: bool
@@ -198,7 +198,9 @@ class Comparison:
     def notes(self) -> list[str]:
         lines = []
         if self.cut:
-            lines.append(f"Runs aligned on steps 1-{self.steps}, the steps every run has.")
+            lines.append(
+                f"Runs aligned on their first {self.steps} steps, the count every run has."
+            )
         if self.target_loss is not None:
             source = "" if self.target_given else " (the worst run's best; --target-loss sets it)"
             lines.append(
@@ -213,12 +215,12 @@ class Comparison:
 
 
 def compare(runs: list[LoadedRun], target_loss: float | None = None) -> Comparison:
-    last = common_steps(runs)
-    cut = any(int(r.metrics["step"].max()) > last for r in runs)
-    aligned = [clipped(r, last) for r in runs]
-    target = target_loss if target_loss is not None else default_target(aligned)
-    rows = [run_row(r, target) for r in aligned]
-    return Comparison(rows, last, cut, target, target_loss is not None)
+    count = common_steps(runs)
+    cut = any(len(r.metrics) > count for r in runs)
+    same = [aligned(r, count) for r in runs]
+    target = target_loss if target_loss is not None else default_target(same)
+    rows = [run_row(r, target) for r in same]
+    return Comparison(rows, count, cut, target, target_loss is not None)
 
 
 # --- output -------------------------------------------------------------------

@@ -63,6 +63,11 @@ def _plain_log_axis(axis: Axis) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
+def _positions(run: LoadedRun) -> np.ndarray:
+    """1, 2, ... for the run's steps: runs line up by position (a profiled job may start at 553)."""
+    return np.arange(1, len(run.metrics) + 1)
+
+
 def _ms(run: LoadedRun) -> np.ndarray:
     return run.metrics["step_time_ns"].to_numpy(dtype=np.float64) / 1e6
 
@@ -72,7 +77,7 @@ def step_times(runs: list[LoadedRun]) -> Figure:
     ax = fig.add_subplot()
     for i, run in enumerate(runs):
         s, ms = style(i), _ms(run)
-        steps = run.metrics["step"].to_numpy()
+        steps = _positions(run)
         ax.plot(steps, ms, color=s.color, linestyle=s.linestyle, linewidth=1.2, label=run.label)
         spikes = ms >= SPIKE_FACTOR * np.median(ms)
         ax.plot(steps[spikes], ms[spikes], linestyle="none", marker=s.marker, color=s.color)
@@ -285,7 +290,7 @@ def _loss_figure(
     ax = fig.add_subplot()
     for i, run in shown:
         s, m = style(i), run.metrics
-        x = m["step"] if x_of == "step" else m["step_time_ns"].cumsum() / 1e9
+        x = pd.Series(_positions(run)) if x_of == "step" else m["step_time_ns"].cumsum() / 1e9
         ax.plot(x, m["loss"], color=s.color, linestyle=s.linestyle, linewidth=0.8, alpha=0.5)
         val = m["val_loss"].notna()
         ax.plot(

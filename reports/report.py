@@ -2,8 +2,8 @@
 
 The HTML embeds every figure as a base64 PNG and carries its own style, no
 script and no link to anything outside the file; the Markdown refers to the
-same PNGs written beside it. Both are built from one list of ``Section``s,
-so they say the same things, and from the traces alone, so the same runs
+same PNGs written beside it. Both are built from one ``Report``, so they
+say the same things, and from the traces alone, so the same runs
 give the same bytes.
 """
 
@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from reports import figures
 from reports.compare import Comparison, compare, fitting_columns, markdown_table
 from reports.ranks import rank_metrics
-from reports.runs import LoadedRun, clipped
+from reports.runs import LoadedRun, aligned
 
 HTML_FILENAME = "report.html"
 MARKDOWN_FILENAME = "report.md"
@@ -62,23 +62,23 @@ def _runs_markdown(runs: list[LoadedRun]) -> str:
 
 def build_report(runs: list[LoadedRun], target_loss: float | None = None) -> Report:
     comparison: Comparison = compare(runs, target_loss)
-    aligned = [clipped(r, comparison.steps) for r in runs]
+    same = [aligned(r, comparison.steps) for r in runs]
     target = comparison.target_loss
     columns, _ = fitting_columns(comparison.rows)
     planned: list[tuple[str, str, Callable[[], Figure | None]]] = [
-        ("step-time", "Step time over steps, spikes marked", lambda: figures.step_times(aligned)),
-        ("step-cdf", "Step-time CDF per run and policy", lambda: figures.step_cdf(aligned)),
-        ("breakdown", "An average and the worst step, by part", lambda: figures.breakdown(aligned)),
-        ("tiers", "Bytes resident per tier over time", lambda: figures.tier_residency(aligned)),
-        ("staleness", "Staleness per block over steps", lambda: figures.staleness_map(aligned)),
+        ("step-time", "Step time over steps, spikes marked", lambda: figures.step_times(same)),
+        ("step-cdf", "Step-time CDF per run and policy", lambda: figures.step_cdf(same)),
+        ("breakdown", "An average and the worst step, by part", lambda: figures.breakdown(same)),
+        ("tiers", "Bytes resident per tier over time", lambda: figures.tier_residency(same)),
+        ("staleness", "Staleness per block over steps", lambda: figures.staleness_map(same)),
         (
             "staleness-hist",
             "Staleness histogram",
-            lambda: figures.staleness_histogram(aligned),
+            lambda: figures.staleness_histogram(same),
         ),
-        ("loss-step", "Loss vs step", lambda: figures.loss_per_step(aligned, target)),
-        ("loss-time", "Loss vs training time", lambda: figures.loss_per_second(aligned, target)),
-        ("replay", "Simulated vs measured", lambda: figures.replay_vs_measured(aligned)),
+        ("loss-step", "Loss vs step", lambda: figures.loss_per_step(same, target)),
+        ("loss-time", "Loss vs training time", lambda: figures.loss_per_second(same, target)),
+        ("replay", "Simulated vs measured", lambda: figures.replay_vs_measured(same)),
     ]
     for run in runs:
         ranks = rank_metrics(run.path) if run.trace.metadata.world_size > 1 else []

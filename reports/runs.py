@@ -58,17 +58,22 @@ def load_runs(paths: list[Path]) -> list[LoadedRun]:
 
 
 def common_steps(runs: list[LoadedRun]) -> int:
-    """The last step every run has: runs are compared on steps 1..this one."""
-    return min(int(run.metrics["step"].max()) for run in runs)
+    """How many steps every run has: runs are compared on their first this many steps.
+
+    By position, not by number: a profiler trace may hold steps 553-560 of a
+    job, which line up with steps 1-8 of a run made here.
+    """
+    return min(len(run.metrics) for run in runs)
 
 
-def clipped(run: LoadedRun, last_step: int) -> LoadedRun:
-    """``run`` restricted to steps up to ``last_step`` (spans and counters outside steps kept)."""
+def aligned(run: LoadedRun, count: int) -> LoadedRun:
+    """``run`` cut to its first ``count`` steps (spans and counters outside any step kept)."""
+    last_step = int(run.metrics["step"].iloc[count - 1])
     spans, counters = run.trace.spans, run.trace.counters
     trace = Trace(
         run.trace.metadata,
         spans[spans["step"] <= last_step].reset_index(drop=True),
         counters[counters["step"] <= last_step].reset_index(drop=True),
     )
-    metrics = run.metrics[run.metrics["step"] <= last_step].reset_index(drop=True)
+    metrics = run.metrics.iloc[:count].reset_index(drop=True)
     return LoadedRun(run.path, run.label, trace, metrics)

@@ -42,11 +42,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _imported(folder: Path) -> Path:
-    """A run of a kind this build never writes, with known step times and a copy."""
+    """A run of another kind, from step 553 on, with known step times and a copy per step."""
     metadata = dataclasses.replace(METADATA, kind="imported", run_id="kineto")
     spans, counters = [], []
     t = 0
-    for step, ms in enumerate([5, 5, 20, 5, 5, 5], start=1):
+    for step, ms in enumerate([5, 5, 20, 5, 5, 5], start=553):  # a profiled job's steps
         spans.append(Span("step", Category.STEP, t, t + ms * 1_000_000, "main", step))
         spans.append(Span("forward", Category.COMPUTE, t, t + 1_000_000, "main", step))
         spans.append(Span("backward", Category.COMPUTE, t + 1_000_000, t + 3_000_000, "main", step))
@@ -63,7 +63,8 @@ def _imported(folder: Path) -> Path:
                 tier_to=Tier.DEVICE,
             )
         )
-        counters.append(CounterSample("val_loss", t + ms * 1_000_000, 3.0 - 0.1 * step, step))
+        val = 3.0 - 0.1 * (step - 552)
+        counters.append(CounterSample("val_loss", t + ms * 1_000_000, val, step))
         t += ms * 1_000_000
     write_trace(folder, metadata, spans, counters)
     return folder
@@ -134,7 +135,7 @@ def test_any_mix_of_kinds_in_a_table_that_fits_100_columns(
     assert max(len(line) for line in lines) <= 100
     table = lines[: lines.index("")]
     assert len(table) == 2 + len(runs)
-    assert "…" not in out and "Runs aligned on steps 1-6" in out
+    assert "…" not in out and "Runs aligned on their first 6 steps" in out
     assert "median ms" in table[0] and "Left out to fit 100 columns" in out
     for path in runs.values():
         assert any(line.startswith(path.name) for line in table), path
