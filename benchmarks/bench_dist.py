@@ -1,6 +1,7 @@
 """Data-parallel Asteria: balance of the owners' work, bytes per step, step time with 1 / 2 / 4 ranks.
 
-Three tables, each from one run of this script:
+Three tables, each from one run of this script (``--plan-only``: tables 1
+and 3, which are deterministic):
 
 1. **Owners' work** (no processes needed): the plan's ``assign_owners`` over
    the default GPT's SOAP blocks, per rank count and topology, for both update
@@ -11,8 +12,10 @@ Three tables, each from one run of this script:
    sync vs ``bounded:4``; each run's median step (all ranks' median of
    medians, ms, and vs the 1-rank run) and the bytes its collectives moved per
    step, from the traces: ``publish`` (refresh results, replicated), ``allgather``
-   (updated blocks, sharded) and the gradient all-reduce of DDP (4 bytes per
-   parameter, not traced: DDP runs it).
+   (updated blocks, sharded) and DDP's gradient all-reduce (``allreduce``).
+3. **Bytes per step per level** (no processes): the same payloads from the
+   plan, split by the level they cross (gradients, publication within and
+   across nodes, all-gather), for 1 and 2 nodes.
 
 On a 2-core machine 4 ranks share 2 cores, so their step times measure
 contention as much as distribution: read the bytes and the balance as the
@@ -20,6 +23,7 @@ figures that carry over, the times as this machine's.
 
     python benchmarks/bench_dist.py            # ~4 minutes on 2 cores
     python benchmarks/bench_dist.py --quick    # a smoke run
+    python benchmarks/bench_dist.py --plan-only   # the deterministic tables, in seconds
 """
 
 from __future__ import annotations
@@ -73,6 +77,60 @@ def balance_table() -> str:
             "sharded: update max/mean",
             "sharded: largest state share",
         ],
+        rows,
+    )
+
+
+def levels_table() -> str:
+    """Bytes per step each level of the network carries, by the plan (no processes).
+
+    Payloads per step for the default GPT's SOAP blocks: DDP's gradient
+    all-reduce (every fp32 gradient; a ring sends 2 (n - 1) / n of it per
+    rank); replicated updates' publications, each block's result once every f
+    steps, within every node (``intra``) and, for results that cross nodes,
+    once from the owner to each other node's leader (``inter``); sharded
+    updates' all-gather of every rank's owned blocks, padded to the largest
+    rank's share.
+    """
+    from asteria_bench.config import ModelSection
+    from asteria_bench.workload.model import GPT, GPTConfig
+    from runtime import SOAP
+    from runtime.plan import Topology, assign_owners
+
+    m = ModelSection()
+    model = GPT(GPTConfig(context=m.context, n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd))
+    opt = SOAP(model.parameters())
+    f = opt.defaults["precondition_frequency"]
+    gradients = 4 * sum(p.numel() for p in model.parameters())
+    numel = {b.id: b.numel for b in opt.blocks if b.is_matrix}
+    rows = []
+    for ranks, per_node in ((2, None), (4, None), (4, 2), (8, 4)):
+        topology = Topology(ranks, per_node)
+        label = f"{ranks} ({topology.nodes} node{'s' if topology.nodes > 1 else ''})"
+        replicated = assign_owners(opt.block_work(), topology)
+        results = {w.id: w.result_bytes for w in opt.block_work()}
+        crossing = sum(r for b, r in results.items() if replicated.crosses_nodes(b))
+        sharded = assign_owners(opt._ownership_work("sharded"), topology)
+        owned = [sum(numel[b] for b in sharded.owned_by(r)) for r in range(ranks)]
+        gathered = 4 * max(owned) * ranks
+        for mode, intra, inter, gather in (
+            ("replicated", sum(results.values()) / f, crossing * (topology.nodes - 1) / f, 0),
+            ("sharded", 0, 0, gathered),
+        ):
+            rows.append(
+                [
+                    label,
+                    mode,
+                    f"{gradients / 1e3:.1f}",
+                    f"{gradients * 2 * (ranks - 1) / ranks / 1e3:.1f}",
+                    f"{intra / 1e3:.1f}",
+                    f"{inter / 1e3:.1f}",
+                    f"{gather / 1e3:.1f}",
+                ]
+            )
+    opt.close()
+    return format_table(
+        ["ranks", "mode", "grads", "ring/rank", "publish intra", "publish inter", "allgather"],
         rows,
     )
 
@@ -135,13 +193,14 @@ class Measured:
     median_step_ms: float
     publish_bytes_per_step: float
     allgather_bytes_per_step: float
+    allreduce_bytes_per_step: float
 
 
 def measure(run: Path, ranks: int) -> Measured:
     from traces.io import read_trace
 
     traces = [read_trace(run)] + [read_trace(run / "ranks" / str(r)) for r in range(1, ranks)]
-    medians, publish, gather = [], [], []
+    medians, publish, gather, reduced = [], [], [], []
     for trace in traces:
         spans = trace.spans
         steps = spans[spans["name"] == "step"]
@@ -150,7 +209,8 @@ def measure(run: Path, ranks: int) -> Measured:
         count = max(1, len(steady))
         publish.append(float(spans.loc[spans["name"] == "publish", "bytes"].sum()) / count)
         gather.append(float(spans.loc[spans["name"] == "allgather", "bytes"].sum()) / count)
-    return Measured(median(medians), median(publish), median(gather))
+        reduced.append(float(spans.loc[spans["name"] == "allreduce", "bytes"].sum()) / count)
+    return Measured(median(medians), median(publish), median(gather), median(reduced))
 
 
 def main() -> None:
@@ -164,23 +224,20 @@ def main() -> None:
         "--staleness", default="sync,bounded:4", help="policies (default sync,bounded:4)"
     )
     parser.add_argument("--quick", action="store_true", help="a few steps, 1 and 2 ranks, sync")
+    parser.add_argument(
+        "--plan-only", action="store_true", help="the plan's tables only (no runs, no timing)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.steps, args.ranks, args.staleness = 4, "1,2", "sync"
     print(environment_line())
     print("\n## Owners' work per rank (the plan's assignment of the default GPT's SOAP blocks)\n")
     print(balance_table())
+    print("\n## kB per step per level (the plan, default GPT, SOAP; payloads)\n")
+    print(levels_table())
+    if args.plan_only:
+        return
 
-    from asteria_bench.config import ModelSection
-    from asteria_bench.workload.model import GPT, GPTConfig
-
-    m = ModelSection()
-    params = sum(
-        p.numel()
-        for p in GPT(
-            GPTConfig(context=m.context, n_layer=m.n_layer, n_head=m.n_head, n_embd=m.n_embd)
-        ).parameters()
-    )
     ranks = [int(r) for r in args.ranks.split(",")]
     policies = args.staleness.split(",")
     cases = [Case(1, "replicated", s) for s in policies if 1 in ranks]
@@ -199,7 +256,6 @@ def main() -> None:
             if case.ranks == 1:
                 base[case.staleness] = result.median_step_ms
             reference = base.get(case.staleness)
-            allreduce = 4 * params if case.ranks > 1 else 0
             rows.append(
                 [
                     str(case.ranks),
@@ -209,7 +265,7 @@ def main() -> None:
                     fmt(result.median_step_ms / reference) if reference else "n/a",
                     f"{result.publish_bytes_per_step / 1e3:.1f}",
                     f"{result.allgather_bytes_per_step / 1e3:.1f}",
-                    f"{allreduce / 1e3:.1f}",
+                    f"{result.allreduce_bytes_per_step / 1e3:.1f}",
                 ]
             )
             print(f"  {case.name}: median step {result.median_step_ms:.1f} ms", file=sys.stderr)
