@@ -179,14 +179,18 @@ def _time_rows(f: RunFigures, facts: RunFacts | None) -> list[str]:
     return rows
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def _machine_rows(facts: RunFacts | None) -> list[str]:
     if facts is None:
         return []
     threads = [f"{facts.logical_cores} logical cores"]
     if facts.torch_threads is not None:
-        threads.append(f"{facts.torch_threads} torch threads")
+        threads.append(_count(facts.torch_threads, "torch thread"))
     if facts.refresh_workers is not None:
-        threads.append(f"{facts.refresh_workers} refresh workers")
+        threads.append(_count(facts.refresh_workers, "refresh worker"))
     rows = [f"| threads | {', '.join(threads)} |"]
     if facts.load is not None:
         load = facts.load
