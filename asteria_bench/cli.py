@@ -111,7 +111,7 @@ def run(
     optimizer: Annotated[
         str | None,
         typer.Option(
-            help="adamw | shampoo | soap | kl-shampoo (default soap)", rich_help_panel=TRAIN
+            help="adamw | muon | shampoo | soap | kl-shampoo (default soap)", rich_help_panel=TRAIN
         ),
     ] = None,
     steps: Annotated[

@@ -14,6 +14,17 @@ def build_optimizer(
 ) -> torch.optim.Optimizer:
     """``hp`` is ``config.resolved_optimizer``'s output for ``name``."""
     betas = (hp["beta1"], hp["beta2"])
+    if name == "muon":
+        from asteria_bench.muon import MuonWithAdamW
+
+        return MuonWithAdamW(
+            params,
+            lr=hp["lr"],
+            weight_decay=hp["weight_decay"],
+            momentum=hp["momentum"],
+            betas=betas,
+            eps=hp["eps"],
+        )
     if name == "adamw":
         return torch.optim.AdamW(
             params, lr=hp["lr"], betas=betas, eps=hp["eps"], weight_decay=hp["weight_decay"]
@@ -68,6 +79,18 @@ def build_optimizer(
             execution=execution,
         )
     raise ValueError(f"unknown optimizer {name!r}")
+
+
+def optimizer_parameter_groups(
+    name: str, model: torch.nn.Module, weight_decay: float
+) -> list[dict[str, Any]]:
+    """The parameter groups ``build_optimizer(name, ...)`` expects for ``model``."""
+    if name == "muon":
+        from asteria_bench.muon import muon_parameter_groups, require_muon
+
+        require_muon()
+        return muon_parameter_groups(model, weight_decay)
+    return parameter_groups(model, weight_decay)
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:

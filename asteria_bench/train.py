@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from asteria_bench.config import RunConfig, resolved_optimizer
+from asteria_bench.config import BASELINES, RunConfig, resolved_optimizer
 from asteria_bench.errors import UserError
-from asteria_bench.optimizers import build_optimizer, parameter_groups
+from asteria_bench.optimizers import build_optimizer, optimizer_parameter_groups
 from asteria_bench.workload.data import ByteDataset, DataError, default_dataset, load_text
 from asteria_bench.workload.model import GPT, GPTConfig
 from runtime.distributed import (
@@ -299,7 +299,10 @@ def train(
 
     try:
         optimizer = build_optimizer(
-            config.optim.name, parameter_groups(model, hp["weight_decay"]), hp, execution
+            config.optim.name,
+            optimizer_parameter_groups(config.optim.name, model, hp["weight_decay"]),
+            hp,
+            execution,
         )
     except BudgetError as exc:
         if spill is not None:
@@ -308,7 +311,7 @@ def train(
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     policies = (
         execution.describe()
-        if config.optim.name != "adamw"
+        if config.optim.name not in BASELINES
         else {"placement": "device", "staleness": "none"}
     )
     if started is not None:
@@ -322,7 +325,7 @@ def train(
                 torch.get_num_threads(),
             )
         )
-    tiered_store = execution.placement is not None and config.optim.name != "adamw"
+    tiered_store = execution.placement is not None and config.optim.name not in BASELINES
     generator = torch.Generator().manual_seed(t.seed)
     eval_set = dataset.eval_batches(t.batch_size, m.context, t.eval_batches)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

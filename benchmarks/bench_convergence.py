@@ -1,4 +1,4 @@
-"""Steps to reach AdamW's final validation loss: SOAP and KL-Shampoo vs AdamW.
+"""Steps to reach AdamW's final validation loss: SOAP and KL-Shampoo vs AdamW and Muon.
 
 Every run is ``asteria_bench.train.train`` on the default workload
 (``RunConfig()``: default GPT, embedded corpus, 300 steps, cosine schedule),
@@ -9,6 +9,10 @@ validation loss; an optimizer's steps-to-target is the first point at which its
 validation curve (at its best rate) reaches the target, linearly interpolated
 between the two evaluations that bracket it (the first evaluation itself when
 it is already below). Ratios below 1 mean fewer steps than AdamW.
+
+Muon (torch.optim.Muon on the hidden matrices, AdamW on the rest; skipped on a
+torch without it) is the second reference: every steps and time-to-target ratio
+is given against AdamW and against Muon.
 
 Runs go learning rate by learning rate, every optimizer at each rate, so that a
 change in machine load spreads over all optimizers; the step-time ratio is the
@@ -31,11 +35,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from asteria_bench.config import OPTIMIZERS, ModelSection, RunConfig, validate
 from asteria_bench.errors import UserError
+from asteria_bench.muon import muon_available
 from asteria_bench.train import StepMetrics, train
 from benchmarks._common import (
     DEFAULT_THREADS,
@@ -47,7 +54,7 @@ from benchmarks._common import (
     set_threads,
 )
 
-DEFAULT_OPTIMIZERS = ("adamw", "soap", "kl-shampoo")
+DEFAULT_OPTIMIZERS = ("adamw", "muon", "soap", "kl-shampoo")
 DEFAULT_LRS = (1e-3, 2e-3, 3e-3, 6e-3)
 QUICK_LRS = (3e-3, 1e-2)
 SOAP_GOAL = 0.8
@@ -155,6 +162,8 @@ class Summary:
     steps_ratio: float | None
     step_time_ms: float
     step_time_ratio: float
+    steps_ratio_vs_muon: float | None = None
+    time_ratio_vs_muon: float | None = None
 
 
 def summarize(records: list[RunRecord], optimizers: list[str]) -> tuple[float, list[Summary]]:
@@ -187,6 +196,12 @@ def summarize(records: list[RunRecord], optimizers: list[str]) -> tuple[float, l
                 step_time_ratio=step_ms[name] / step_ms["adamw"],
             )
         )
+    muon = next((s for s in out if s.optimizer == "muon"), None)
+    if muon is not None and muon.steps_to_target:
+        for s in out:
+            if s.steps_to_target is not None:
+                s.steps_ratio_vs_muon = s.steps_to_target / muon.steps_to_target
+                s.time_ratio_vs_muon = s.steps_ratio_vs_muon * s.step_time_ms / muon.step_time_ms
     return target, out
 
 
@@ -199,6 +214,8 @@ def summary_table(rows: list[Summary]) -> str:
         "ratio vs AdamW",
         "median step time ratio vs AdamW",
         "time-to-target ratio",
+        "steps ratio vs Muon",
+        "time ratio vs Muon",
     ]
     body = []
     for s in rows:
@@ -212,6 +229,8 @@ def summary_table(rows: list[Summary]) -> str:
                 fmt(s.steps_ratio) if s.steps_ratio is not None else "n/a",
                 fmt(s.step_time_ratio),
                 fmt(time_ratio) if time_ratio is not None else "n/a",
+                fmt(s.steps_ratio_vs_muon) if s.steps_ratio_vs_muon is not None else "n/a",
+                fmt(s.time_ratio_vs_muon) if s.time_ratio_vs_muon is not None else "n/a",
             ]
         )
     return format_table(headers, body)
@@ -341,8 +360,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--optimizers",
         type=_name_list,
-        default=list(DEFAULT_OPTIMIZERS),
-        help="comma-separated; must include adamw (default adamw,soap,kl-shampoo)",
+        default=None,
+        help="comma-separated; must include adamw (default adamw,muon,soap,kl-shampoo;"
+        " muon only where torch has it)",
     )
     parser.add_argument(
         "--lrs",
@@ -377,9 +397,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--quick", action="store_true", help="tiny model, 30 steps, 2 lrs: a smoke run"
     )
     args = parser.parse_args(argv)
+    args.optimizers_given = args.optimizers is not None
+    if args.optimizers is None:
+        args.optimizers = list(DEFAULT_OPTIMIZERS)
     if "adamw" not in args.optimizers:
         parser.error("--optimizers must include adamw (its final loss is the target)")
     args.optimizers = ["adamw"] + [o for o in dict.fromkeys(args.optimizers) if o != "adamw"]
+    if "muon" in args.optimizers and not muon_available():
+        if args.optimizers_given:
+            parser.error(f"--optimizers muon: torch {torch.__version__} has no torch.optim.Muon")
+        args.optimizers.remove("muon")
     if args.quick:
         if args.steps is None:
             args.steps = 30

@@ -1,4 +1,4 @@
-"""Optimizer step time of our SOAP, Shampoo and KL-Shampoo against AdamW and heavyball.
+"""Optimizer step time of our SOAP, Shampoo and KL-Shampoo against AdamW, Muon and heavyball.
 
 Every optimizer updates its own copy of the default GPT, seeded alike, from the
 same fixed random gradients (one seeded draw, copied into ``.grad`` before every
@@ -42,7 +42,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 import torch
 
 from asteria_bench.config import OptimSection, resolved_optimizer
-from asteria_bench.optimizers import build_optimizer, parameter_groups
+from asteria_bench.muon import muon_available
+from asteria_bench.optimizers import build_optimizer, optimizer_parameter_groups, parameter_groups
 from asteria_bench.workload.model import GPT, GPTConfig
 from benchmarks._common import (
     DEFAULT_THREADS,
@@ -137,7 +138,7 @@ class Bench:
 def hyperparameters(name: str) -> dict:
     """The training preset with the refresh pushed out of the timed window."""
     optim = OptimSection(name=name)
-    if name != "adamw":
+    if name not in ("adamw", "muon"):
         optim.precondition_frequency = NEVER
     if name == "shampoo":
         optim.start_preconditioning_step = 1  # roots once at step 1, then never
@@ -147,10 +148,9 @@ def hyperparameters(name: str) -> dict:
 def our_candidate(bench: Bench, label: str, name: str) -> Candidate:
     model = bench.new_model()
     hp = hyperparameters(name)
-    optimizer = build_optimizer(
-        name, parameter_groups(model, hp["weight_decay"]), hp, ExecutionConfig()
-    )
-    if name == "adamw":
+    groups = optimizer_parameter_groups(name, model, hp["weight_decay"])
+    optimizer = build_optimizer(name, groups, hp, ExecutionConfig())
+    if name in ("adamw", "muon"):
         return Candidate(label, model, optimizer, set_refresh=None)
 
     def set_refresh(on: bool) -> None:
@@ -212,7 +212,7 @@ def heavyball_candidates(bench: Bench, frequency: int) -> tuple[list[Candidate],
             warmup_steps=0,
             compile_step=False,
         )
-        if name == "kl-shampoo":
+        if name == "kl-shampoo" and hp["eigenvalue_init"] is not None:
             kwargs["init_factor"] = hp["eigenvalue_init"]
         model = bench.new_model()
         try:
@@ -437,6 +437,11 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     adamw = our_candidate(bench, "AdamW (torch)", "adamw")
+    baselines = [adamw]
+    if muon_available():  # torch's Muon on hidden matrices, AdamW on the rest
+        baselines.append(our_candidate(bench, "Muon (torch)", "muon"))
+    else:
+        print(f"Muon: torch {torch.__version__} has no torch.optim.Muon; skipping it.")
     ours = [our_candidate(bench, label, name) for label, name in OURS]
     peers: list[Candidate] = []
     notes: list[str] = []
@@ -445,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ours: ExecutionConfig() defaults {ExecutionConfig().describe()}")
     for note in notes:
         print(note)
-    candidates = [adamw, *ours, *peers]
+    candidates = [*baselines, *ours, *peers]
 
     started = time.perf_counter()
     for c in candidates:
@@ -459,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(f"Step time vs torch.optim.AdamW (medians of interleaved runs, f={args.frequency})")
-    print(vs_adamw_table([adamw, *ours, *peers], adamw, args.frequency))
+    print(vs_adamw_table([*baselines, *ours, *peers], adamw, args.frequency))
     if peers:
         by_label = {c.label: c for c in ours}
         pairs = [(by_label[p.label.removeprefix("heavyball ")], p) for p in peers]

@@ -17,6 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_HEAVYBALL = importlib.util.find_spec("heavyball") is not None
+HAVE_MUON = hasattr(__import__("torch").optim, "Muon")
 
 
 def run_quick(script: str, *args: str) -> str:
@@ -62,6 +63,10 @@ def test_bench_step_quick() -> None:
     rows = {r["optimizer"]: r for r in table(out, "optimizer", "hot-path median ms")}
     assert {"AdamW (torch)", "SOAP", "Shampoo", "KL-Shampoo"} <= rows.keys()
     assert float(rows["AdamW (torch)"]["ratio vs AdamW"]) == 1.0
+    assert ("Muon (torch)" in rows) == HAVE_MUON
+    if HAVE_MUON:
+        assert float(rows["Muon (torch)"]["ratio vs AdamW"]) > 0
+        assert rows["Muon (torch)"]["refresh ms"] == "-"
     for name in ("SOAP", "Shampoo", "KL-Shampoo"):
         row = rows[name]
         assert float(row["hot-path median ms"]) > 0
@@ -97,13 +102,14 @@ def test_bench_convergence_quick(tmp_path: Path) -> None:
     out = run_quick("bench_convergence.py", "--out", str(tmp_path))
     assert out.splitlines()[0].startswith("torch ")
 
+    names = {"adamw", "soap", "kl-shampoo"} | ({"muon"} if HAVE_MUON else set())
     sweep = table(out, "optimizer", "lr")
-    assert len(sweep) == 6  # 3 optimizers x 2 learning rates
+    assert len(sweep) == 2 * len(names)  # every optimizer x 2 learning rates
     for row in sweep:
         assert float(row["median step ms"]) > 0
 
     best = {r["optimizer"]: r for r in table(out, "optimizer", "best lr")}
-    assert best.keys() == {"adamw", "soap", "kl-shampoo"}
+    assert best.keys() == names
     assert float(best["adamw"]["ratio vs AdamW"]) == 1.0
     assert float(best["adamw"]["median step time ratio vs AdamW"]) == 1.0
     for row in best.values():
@@ -111,9 +117,13 @@ def test_bench_convergence_quick(tmp_path: Path) -> None:
         float(row["final val loss"])
         assert float(row["median step time ratio vs AdamW"]) > 0
         assert row["ratio vs AdamW"] == "n/a" or float(row["ratio vs AdamW"]) > 0
+        assert row["steps ratio vs Muon"] == "n/a" or float(row["steps ratio vs Muon"]) > 0
+        assert row["time ratio vs Muon"] == "n/a" or float(row["time ratio vs Muon"]) > 0
+    if HAVE_MUON and best["muon"]["steps ratio vs Muon"] != "n/a":
+        assert float(best["muon"]["steps ratio vs Muon"]) == 1.0
 
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert len(summary["runs"]) == 6 and summary["target_val_loss"] > 0
+    assert len(summary["runs"]) == 2 * len(names) and summary["target_val_loss"] > 0
     header = (tmp_path / "curves.csv").read_text().splitlines()[0]
     assert header.startswith("optimizer,lr,step,train_loss,val_loss")
 

@@ -7,6 +7,7 @@ refreshes; one float32 run per optimizer is compared at ~1e-4.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -143,9 +144,12 @@ def test_shampoo_matches_reference(grafting: str, beta2: float) -> None:
     run_against_reference("Shampoo", SHAMPOO_SHAPES, hparams, steps=30, seed=11)
 
 
-def test_shampoo_default_hyperparameters_match_reference() -> None:
-    """Defaults: f = t0 = 1, β2 = 1 (running sums), ε = 1e-12, no grafting, unblocked."""
-    run_against_reference("Shampoo", [(5, 4), (3,), (4, 6)], {}, steps=12, seed=12)
+def test_shampoo_reference_defaults_match_reference() -> None:
+    """Distributed Shampoo's defaults: f = t0 = 1, β2 = 1 (running sums), ε = 1e-12, no
+    grafting; the reference class takes them as its own defaults."""
+    hparams = runtime_class("Shampoo").reference_defaults()
+    assert hparams["betas"][1] == 1.0 and hparams["grafting"] == "none"
+    run_against_reference("Shampoo", [(5, 4), (3,), (4, 6)], hparams, steps=12, seed=12)
 
 
 def test_shampoo_root_exponent_two_matches_reference() -> None:
@@ -186,6 +190,7 @@ def test_soap_max_precond_dim_leaves_one_side_unrotated() -> None:
 
 
 def test_soap_default_hyperparameters_match_reference() -> None:
+    assert runtime_class("SOAP").reference_defaults().items() <= defaults_of("SOAP").items()
     run_against_reference("SOAP", [(6, 5), (4,), (2, 3, 1)], {}, steps=23, seed=23)
 
 
@@ -253,8 +258,41 @@ def test_kl_shampoo_max_precond_dim_leaves_one_side_unrotated() -> None:
     assert reference.block_state("p1.r0.c0")["QL"] is None
 
 
-def test_kl_shampoo_default_hyperparameters_match_reference() -> None:
-    run_against_reference("KLShampoo", [(6, 5), (4,), (2, 3, 1)], {}, steps=23, seed=34)
+def test_kl_shampoo_reference_defaults_match_reference() -> None:
+    hparams = runtime_class("KLShampoo").reference_defaults()
+    assert hparams["eigenvalue_init"] == 0.1
+    run_against_reference("KLShampoo", [(6, 5), (4,), (2, 3, 1)], hparams, steps=23, seed=34)
+
+
+# --------------------------------------------------------------------------- LLM defaults
+
+
+def defaults_of(name: str) -> dict[str, Any]:
+    """The runtime constructor's keyword defaults."""
+    signature = inspect.signature(runtime_class(name).__init__)
+    return {
+        k: p.default
+        for k, p in signature.parameters.items()
+        if p.default is not inspect.Parameter.empty and k != "execution"
+    }
+
+
+@pytest.mark.parametrize("name", ["Shampoo", "KLShampoo"])
+def test_llm_defaults_match_reference(name: str) -> None:
+    """The constructors' own (LLM) defaults, passed explicitly to the reference, track it;
+    for KL-Shampoo that includes c0 derived from each block's first gradient, at two
+    gradient scales (the derived c0 follows the scale; a fixed one would not)."""
+    hparams = defaults_of(name)
+    if name == "Shampoo":
+        assert hparams["betas"][1] < 1.0 and hparams["grafting"] == "adam"
+        assert hparams["precondition_frequency"] > 1
+    else:
+        assert hparams["eigenvalue_init"] is None
+    shapes = [(6, 5), (4,), (2, 3, 1), (5, 5)]
+    for seed, scale in ((35, 1.0), (36, 1e-3)):
+        run_against_reference(
+            name, shapes, hparams, steps=23, seed=seed, scale=lambda step, index, s=scale: s
+        )
 
 
 # --------------------------------------------------------------------------- all three
@@ -445,7 +483,7 @@ def kl_cases(draw: st.DrawFn) -> dict[str, Any]:
         eps=draw(_matrix_eps(shapes)),
         weight_decay=draw(st.sampled_from([0.0, 0.01, 0.2])),
         precondition_frequency=frequency,
-        eigenvalue_init=draw(st.sampled_from([0.1, 1.0])),
+        eigenvalue_init=draw(st.sampled_from([0.1, 1.0, None])),
         clamp=draw(st.booleans()),
         clamp_cap=draw(st.sampled_from([4000, 12])),
         max_precond_dim=draw(st.sampled_from([None, 0] if block_size else [None, 4, 0])),

@@ -71,11 +71,14 @@ def compute_shampoo_roots(inputs: ShampooRefreshInputs) -> ShampooRefreshResult:
 
 
 class Shampoo(BlockedOptimizer):
-    """Blocked Shampoo; defaults are the reference constructor's (§3.3).
+    """Blocked Shampoo with defaults for LLM training (the recommended column of §3.3).
 
-    For LLM training use the recommended column of §3.3 instead: β2 = 0.999,
-    f = 100 and ``grafting="adam"``. 1-D parameters use the AdamW fallback with
-    β2 = ``grafting_beta2`` (Shampoo's own β2 is often 1, a running sum).
+    β2 = 0.999 (an EMA, not the reference's running sum, which stops adapting),
+    Adam grafting (the step has AdamW's per-block norm, so AdamW's learning
+    rates apply), and roots every f = 10 steps from t0 = f (the reference
+    recomputes them every step). ``Shampoo(params, **Shampoo.reference_defaults())``
+    is Distributed Shampoo's constructor configuration. 1-D parameters use the
+    AdamW fallback with β2 = ``grafting_beta2``.
     """
 
     spec = SHAMPOO
@@ -86,15 +89,15 @@ class Shampoo(BlockedOptimizer):
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        lr: float = 1e-2,
-        betas: tuple[float, float] = (0.9, 1.0),
+        lr: float = 3e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-12,
         weight_decay: float = 0.0,
         block_size: int | None = 1024,
-        precondition_frequency: int = 1,
+        precondition_frequency: int = 10,
         start_preconditioning_step: int | None = None,
         root_exponent: float = 4,
-        grafting: str = "none",
+        grafting: str = "adam",
         grafting_beta2: float = 0.999,
         grafting_eps: float = 1e-8,
         bias_correction: bool = True,
@@ -135,6 +138,11 @@ class Shampoo(BlockedOptimizer):
             bias_correction=bias_correction,
         )
         super().__init__(params, defaults, execution=execution)
+
+    @classmethod
+    def reference_defaults(cls) -> dict[str, Any]:
+        """Distributed Shampoo's constructor defaults (§3.3), as keyword arguments."""
+        return dict(lr=1e-2, betas=(0.9, 1.0), precondition_frequency=1, grafting="none")
 
     def _fallback_hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
         return dict(

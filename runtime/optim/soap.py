@@ -128,6 +128,9 @@ class SOAP(BlockedOptimizer):
     """SOAP with the reference soap.py defaults (§4.4); ``block_size=None`` is unblocked.
 
     A side longer than ``max_precond_dim`` is not rotated (one-sided SOAP).
+    The reference's defaults are already the ones recommended for LLM training
+    (the SOAP paper trains language models with them), so ``reference_defaults``
+    returns the constructor's own.
     """
 
     spec = SOAP_SPEC
@@ -175,6 +178,11 @@ class SOAP(BlockedOptimizer):
             bias_correction=bias_correction,
         )
         super().__init__(params, defaults, execution=execution)
+
+    @classmethod
+    def reference_defaults(cls) -> dict[str, Any]:
+        """The reference soap.py's constructor defaults (§4.4), as keyword arguments."""
+        return dict(lr=3e-3, betas=(0.95, 0.95), precondition_frequency=10)
 
     def _fallback_hyperparameters(self, group: dict[str, Any]) -> dict[str, Any]:
         beta1, beta2 = group["betas"]

@@ -9,6 +9,7 @@ every side (the reference behaviour).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -56,11 +57,22 @@ def whitener(q: Tensor | None, d: Tensor) -> Tensor:
     return q @ torch.diag(1.0 / d) @ q.T
 
 
+def derived_eigenvalue_init(g: Tensor) -> float:
+    """c0 from a block's first gradient: its RMS, or the reference's 0.1 when G0 = 0."""
+    rms = math.sqrt(float((g * g).sum()) / g.numel())
+    return rms if rms > 0 else 0.1
+
+
 def kl_init_block(
-    g: Tensor, beta: float, eigenvalue_init: float, max_precond_dim: int | None
+    g: Tensor, beta: float, eigenvalue_init: float | None, max_precond_dim: int | None
 ) -> KLBlockState:
-    """§5.3: S_L = (1−β)·G0·G0ᵀ/b, S_R = (1−β)·G0ᵀ·G0/a, Q = basis(S), d = c0."""
+    """§5.3: S_L = (1−β)·G0·G0ᵀ/b, S_R = (1−β)·G0ᵀ·G0/a, Q = basis(S), d = c0.
+
+    ``eigenvalue_init=None`` takes c0 from G0 (``derived_eigenvalue_init``).
+    """
     rows, cols = g.shape
+    if eigenvalue_init is None:
+        eigenvalue_init = derived_eigenvalue_init(g)
     limit = float("inf") if max_precond_dim is None else max_precond_dim
     left = symmetrize((1 - beta) * (g @ g.T) / cols) if rows <= limit else None
     right = symmetrize((1 - beta) * (g.T @ g) / rows) if cols <= limit else None
@@ -127,7 +139,8 @@ def kl_step_block(
 
 
 class KLShampooReference:
-    """KL-Shampoo over a list of tensors; same hyperparameters as ``runtime.KLShampoo``.
+    """KL-Shampoo over a list of tensors; same hyperparameters and defaults as
+    ``runtime.KLShampoo`` (the reference KLOpt's are lr=1e-4, betas=(0.9, 0.98), c0=0.1).
 
     Every parameter's first call only initialises its state (§5.3); vectors use
     the AdamW fallback (§1.1) with the optimizer's β1, β2 and weight decay,
@@ -137,13 +150,13 @@ class KLShampooReference:
     def __init__(
         self,
         params: Sequence[Tensor],
-        lr: float = 1e-4,
-        betas: tuple[float, float] = (0.9, 0.98),
+        lr: float = 3e-3,
+        betas: tuple[float, float] = (0.9, 0.95),
         shampoo_beta: float | None = None,
         eps: float = 1e-8,
         weight_decay: float = 0.01,
         precondition_frequency: int = 10,
-        eigenvalue_init: float = 0.1,
+        eigenvalue_init: float | None = None,
         clamp: bool = True,
         clamp_cap: int = 4000,
         max_precond_dim: int | None = None,

@@ -53,7 +53,7 @@ class ShampooBlockState:
 
 
 class ShampooReference:
-    """Shampoo over a list of tensors; same hyperparameters as ``runtime.Shampoo``.
+    """Shampoo over a list of tensors; same hyperparameters and defaults as ``runtime.Shampoo``.
 
     Matrices (after §1.1 reshaping) are blocked per §1.2 and stepped per §3.2;
     vectors use the AdamW fallback (§1.1) with β2 = ``grafting_beta2`` and
@@ -63,15 +63,15 @@ class ShampooReference:
     def __init__(
         self,
         params: Sequence[Tensor],
-        lr: float = 1e-2,
-        betas: tuple[float, float] = (0.9, 1.0),
+        lr: float = 3e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-12,
         weight_decay: float = 0.0,
         block_size: int | None = 1024,
-        precondition_frequency: int = 1,
+        precondition_frequency: int = 10,
         start_preconditioning_step: int | None = None,
         root_exponent: float = 4,
-        grafting: str = "none",
+        grafting: str = "adam",
         grafting_beta2: float = 0.999,
         grafting_eps: float = 1e-8,
         bias_correction: bool = True,
