@@ -279,6 +279,14 @@ def run(
             rich_help_panel=PARALLEL,
         ),
     ] = None,
+    parallel: Annotated[
+        str | None,
+        typer.Option(
+            help="under torchrun: ddp (default) | fsdp2 (fully_shard; each rank updates its"
+            " rows of every parameter)",
+            rich_help_panel=PARALLEL,
+        ),
+    ] = None,
 ) -> None:
     """Train the GPT with one optimizer and write a run directory.
 
@@ -353,6 +361,7 @@ def run(
         ranks_per_node=ranks_per_node,
         dist_timeout=dist_timeout,
         inter_node_staleness=inter_node_staleness,
+        parallel=parallel,
     )
     for section, values in overrides.items():
         target = getattr(cfg, section)

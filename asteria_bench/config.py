@@ -78,6 +78,7 @@ class RuntimeSection:
     ranks_per_node: int | None = None  # None: torchrun's LOCAL_WORLD_SIZE
     dist_timeout: float = 60.0  # seconds a collective may wait for a dead or stuck rank
     inter_node_staleness: int | None = None  # τ of results crossing nodes; None: staleness's
+    parallel: str = "ddp"  # under torchrun: ddp | fsdp2 (each rank updates its rows)
 
 
 @dataclass
@@ -338,6 +339,14 @@ def validate(config: RunConfig) -> None:
         "a positive number of seconds",
         r.dist_timeout,
     )
+    need(r.parallel in ("ddp", "fsdp2"), "--parallel", "ddp or fsdp2", r.parallel)
+    if r.parallel == "fsdp2":
+        need(
+            r.inter_node_staleness is None,
+            "--inter-node-staleness",
+            "--parallel ddp (under fsdp2 no refresh result moves)",
+            r.inter_node_staleness,
+        )
     if r.inter_node_staleness is not None:  # sync or bounded:TAU within nodes, TAU <= it
         from runtime.policies.staleness import Bounded, Sync
 

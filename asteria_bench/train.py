@@ -204,6 +204,8 @@ def execution_config(
 
     r = config.runtime
     staleness = parse_staleness(r.staleness)
+    if dist is not None and r.parallel == "fsdp2":
+        dist = None  # each rank updates its own rows: nothing for the ranks to agree on
     if dist is not None:
         try:
             check_staleness_for_ranks(staleness.name)
@@ -276,7 +278,15 @@ def train(
     recorder = recorder if recorder is not None else Recorder(enabled=True)
     net: torch.nn.Module = model
     current_step = [0]  # the step whose gradients DDP is reducing, for their spans
-    if dist is not None:
+    fsdp = dist is not None and config.runtime.parallel == "fsdp2"
+    if fsdp:  # every rank holds and updates its rows of every parameter
+        from runtime.distributed.fsdp import FsdpUnavailable, shard_model
+
+        try:
+            shard_model(model, model.blocks, device.type)
+        except FsdpUnavailable as exc:
+            raise UserError(f"--parallel: {exc}") from None
+    elif dist is not None:
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(
@@ -297,13 +307,19 @@ def train(
     hp = resolved_optimizer(config.optim)
     from runtime.tiers import BudgetError, DeviceOutOfMemory
 
+    groups = optimizer_parameter_groups(config.optim.name, model, hp["weight_decay"])
+    shards: list[Any] = []
+    if fsdp:
+        from runtime.distributed.fsdp import attach, local_groups
+
+        try:
+            groups, shards = local_groups(groups)
+        except ValueError as exc:
+            raise UserError(f"--parallel: {exc}") from None
     try:
-        optimizer = build_optimizer(
-            config.optim.name,
-            optimizer_parameter_groups(config.optim.name, model, hp["weight_decay"]),
-            hp,
-            execution,
-        )
+        optimizer = build_optimizer(config.optim.name, groups, hp, execution)
+        if shards:
+            attach(optimizer, shards)
     except BudgetError as exc:
         if spill is not None:
             spill.close()
@@ -314,6 +330,8 @@ def train(
         if config.optim.name not in BASELINES
         else {"placement": "device", "staleness": "none"}
     )
+    if fsdp and dist is not None:
+        policies = {**policies, "parallel": "fsdp2", "world_size": str(dist.world_size)}
     if started is not None:
         started(
             TrainStart(

@@ -87,6 +87,11 @@ class Layout:
     def of(cls, trace: Trace) -> Layout:
         meta = trace.metadata
         policies = meta.policies
+        if policies.get("parallel") == "fsdp2":
+            raise WorkloadError(
+                f"run {meta.run_id}: an FSDP2 run (each rank updating its rows) is not modelled"
+                " by the data-parallel replay; replay DDP runs"
+            )
         inter = policies.get("inter_node_staleness")
         return cls(
             world_size=meta.world_size,

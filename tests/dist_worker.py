@@ -11,7 +11,8 @@ owned blocks). Without torchrun (``WORLD_SIZE`` unset) it is the
 single-process reference, with ``--global-ranks`` times the batch.
 
 The layers are square and the global batch is wider than them, so every
-factor is full rank: the eigenbasis of a rank-deficient factor is arbitrary in
+factor is full rank (under FSDP2, where a rank's block is its rows of a
+weight, the layers widen so that every row slice is square or tall): the eigenbasis of a rank-deficient factor is arbitrary in
 its null space, and float-level differences (two half-batch gradients averaged
 vs one whole-batch gradient) would pick another basis there for reasons that
 have nothing to do with distribution.
@@ -29,6 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from runtime import SOAP, ExecutionConfig, KLShampoo, Shampoo
 from runtime.distributed import DistContext, ParallelConfig, init_distributed
+from runtime.distributed.fsdp import attach, local, local_groups, shard_model
 from runtime.distributed.gradients import trace_gradient_allreduce
 from runtime.plan import LinkCosts
 from runtime.policies.staleness import parse_staleness
@@ -40,9 +42,43 @@ DIM = 12
 
 def params_hash(model: torch.nn.Module) -> int:
     h = hashlib.sha256()
-    for p in model.parameters():
-        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    for p in model.parameters():  # under FSDP2, this rank's rows
+        h.update(local(p).detach().cpu().contiguous().numpy().tobytes())
     return int.from_bytes(h.digest()[:7], "big")
+
+
+class RowSplitLinear(torch.nn.Module):
+    """A Linear whose weight and bias are ``parts`` row slices: FSDP2's shards, in one process."""
+
+    def __init__(self, linear: torch.nn.Linear, parts: int) -> None:
+        super().__init__()
+        self.weights = torch.nn.ParameterList(linear.weight.detach().chunk(parts))
+        self.biases = torch.nn.ParameterList(linear.bias.detach().chunk(parts))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(
+            x, torch.cat(list(self.weights)), torch.cat(list(self.biases))
+        )
+
+
+def row_split(model: torch.nn.Sequential, parts: int) -> torch.nn.Sequential:
+    layers = [RowSplitLinear(m, parts) if isinstance(m, torch.nn.Linear) else m for m in model]
+    return torch.nn.Sequential(*layers)
+
+
+def full_parameters(model: torch.nn.Module) -> list[torch.Tensor]:
+    """Every parameter whole (FSDP2's gathered, a row-split reference's concatenated)."""
+    out = []
+    for module in model:
+        if isinstance(module, RowSplitLinear):
+            out += [torch.cat([p.detach() for p in module.weights])]
+            out += [torch.cat([p.detach() for p in module.biases])]
+        else:
+            out += [
+                p.full_tensor() if hasattr(p, "full_tensor") else p.detach()
+                for p in module.parameters()
+            ]
+    return [p.detach().clone() for p in out]
 
 
 def train_one(spec: str, index: int, args: argparse.Namespace, ctx: DistContext | None) -> None:
@@ -54,24 +90,39 @@ def train_one(spec: str, index: int, args: argparse.Namespace, ctx: DistContext 
     rank = ctx.rank if ctx else 0
     world = ctx.world_size if ctx else 1
     torch.manual_seed(0)
+    fsdp = mode == "fsdp2"
     model = torch.nn.Sequential(
         torch.nn.Linear(DIM, DIM),
         torch.nn.Tanh(),
         torch.nn.Linear(DIM, DIM),
         torch.nn.Linear(DIM, DIM),
     )
+    if fsdp:  # widening layers: each rank's row slice of a weight is square or tall
+        model = torch.nn.Sequential(
+            torch.nn.Linear(DIM, 2 * DIM), torch.nn.Tanh(), torch.nn.Linear(2 * DIM, 4 * DIM)
+        )
+    out_dim = model[-1].out_features
     recorder = Recorder()
     execution = ExecutionConfig(
         staleness=parse_staleness(staleness),
         workers=2,
         recorder=recorder,
-        parallel=ParallelConfig(ctx, mode, inter, links) if ctx else None,
+        parallel=ParallelConfig(ctx, mode, inter, links) if ctx and not fsdp else None,
     )
-    opt = OPTIMIZERS[name](
-        model.parameters(), lr=1e-2, precondition_frequency=2, execution=execution
-    )
+    params: object = model.parameters()
+    pairs: list = []
+    if fsdp and ctx:  # every rank updates its rows of every parameter
+        shard_model(model, [m for m in model if isinstance(m, torch.nn.Linear)], "cpu")
+        groups, pairs = local_groups([{"params": list(model.parameters())}])
+        params = groups
+    elif fsdp:  # the reference: the same row slices, in one process
+        model = row_split(model, args.global_ranks)
+        params = model.parameters()
+    opt = OPTIMIZERS[name](params, lr=1e-2, precondition_frequency=2, execution=execution)
+    if pairs:
+        attach(opt, pairs)
     net: torch.nn.Module = model
-    if ctx:
+    if ctx and not fsdp:
         net = DistributedDataParallel(model)
         trace_gradient_allreduce(net, recorder, lambda: opt.optimizer_step + 1)
     generator = torch.Generator().manual_seed(1)
@@ -80,7 +131,7 @@ def train_one(spec: str, index: int, args: argparse.Namespace, ctx: DistContext 
     hashes = []
     for step in range(1, args.steps + 1):
         x = torch.randn(batch * global_ranks, DIM, generator=generator)
-        y = torch.randn(batch * global_ranks, DIM, generator=generator)
+        y = torch.randn(batch * global_ranks, out_dim, generator=generator)
         if ctx:
             x, y = x[rank * batch : (rank + 1) * batch], y[rank * batch : (rank + 1) * batch]
         if rank == args.hang_rank and step == 3:
@@ -109,7 +160,7 @@ def train_one(spec: str, index: int, args: argparse.Namespace, ctx: DistContext 
     torch.save(
         {
             "hashes": torch.tensor(hashes, dtype=torch.int64),
-            "params": [p.detach().clone() for p in model.parameters()],
+            "params": full_parameters(model),
             "collective_bytes": sum(s.bytes for s in collective),
             "collectives": len(collective),
             "group_bytes": group_bytes,

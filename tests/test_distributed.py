@@ -220,6 +220,23 @@ def test_four_ranks_on_two_emulated_nodes(tmp_path: Path) -> None:
     assert [r["owned_blocks"] for r in local] == [2, 1, 2, 1]  # 3 blocks, on each node
 
 
+def test_fsdp2_updates_each_ranks_rows_as_one_process_with_the_same_row_slices(
+    tmp_path: Path,
+) -> None:
+    """FSDP2 on gloo: each rank's blocks are its rows; the run is one process's with those slices."""
+    runs = [f"{n}:fsdp2:{s}" for n in ("shampoo", "kl-shampoo") for s in ("sync", "bounded:3")]
+    results = run_matrix(tmp_path, 2, runs, 128)
+    refs = references(tmp_path, runs, 128, 2)
+    for spec, ranks in results.items():
+        whole = [r["params"] for r in ranks]
+        assert all(len(w) == 4 for w in whole), spec  # 2 weights, 2 biases, gathered
+        for other in whole[1:]:  # every rank gathers the same parameters
+            assert all(torch.equal(a, b) for a, b in zip(whole[0], other, strict=True)), spec
+        assert max_relative_error(whole[0], refs[spec]["params"]) <= 1e-5, spec
+        for r in ranks:  # nothing of the optimizer moves; 2 weight slices, 2 bias slices
+            assert r["collectives"] == 0 and r["state_blocks"] == 4, spec
+
+
 def test_a_hung_rank_is_named_within_the_timeout(tmp_path: Path) -> None:
     """Rank 1 freezes (SIGSTOP) in step 3: rank 0 says so, naming it, within the timeout."""
     cmd = torchrun_cmd(
@@ -448,3 +465,35 @@ def test_inter_node_staleness_is_checked(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.endswith(f"--inter-node-staleness: {message}"), err
     assert not out.exists()
+
+
+def test_run_with_fsdp2_shards_the_model_and_the_optimizer(tmp_path: Path) -> None:
+    """--parallel fsdp2 on gloo: each rank's blocks are its rows; nothing of the optimizer moves."""
+    from tests.cli_runner import run_cli
+    from traces.io import read_trace
+
+    out = tmp_path / "run"
+    proc = torchrun(
+        2, "-m", "asteria_bench", "run", *TINY, "--parallel", "fsdp2", "--out", str(out)
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    leader, follower = read_trace(out), read_trace(out / "ranks" / "1")
+    assert leader.metadata.policies["parallel"] == "fsdp2"
+    whole = {"p0.r0.c0": [256, 32]}  # the tied embedding / head: 256 rows, 32 columns
+    for trace in (leader, follower):
+        blocks = trace.metadata.model["blocks"]
+        assert blocks["p0.r0.c0"] == [whole["p0.r0.c0"][0] // 2, 32]  # this rank's half
+        names = set(trace.spans["name"])
+        assert not names & {"publish", "allgather", "allreduce"}  # FSDP moves the tensors
+    assert run_cli(["replay", str(out)]) == 2  # not modelled: one line
+
+
+def test_fsdp2_options_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.cli_runner import run_cli
+
+    assert run_cli(["run", "--parallel", "zero3", "--out", str(tmp_path / "x")]) == 2
+    assert "--parallel: expected ddp or fsdp2, got 'zero3'" in capsys.readouterr().err
+    args = ["run", "--parallel", "fsdp2", "--inter-node-staleness", "2"]
+    assert run_cli([*args, "--out", str(tmp_path / "y")]) == 2
+    err = capsys.readouterr().err
+    assert "--inter-node-staleness: expected --parallel ddp (under fsdp2" in err
