@@ -561,12 +561,36 @@ def simulate(
     ] = False,
     fmt: FormatOption = "table",
     wide: WideOption = False,
+    tune: Annotated[
+        bool,
+        typer.Option(
+            "--tune",
+            help="search placement, staleness, block size, workers, roots (and update mode with"
+            " several ranks) for the lowest projected time to target within --memory-budget",
+            rich_help_panel="Tune",
+        ),
+    ] = False,
+    memory_budget: Annotated[
+        str | None,
+        typer.Option(
+            help="with --tune: device memory per GPU, in GiB or a size (40, 40GiB)",
+            rich_help_panel="Tune",
+        ),
+    ] = None,
+    tune_steps: Annotated[
+        int, typer.Option(help="with --tune: steps simulated per candidate", rich_help_panel="Tune")
+    ] = 32,
+    top: Annotated[
+        int, typer.Option(help="with --tune: how many of the best to print", rich_help_panel="Tune")
+    ] = 5,
 ) -> None:
     """Simulate training on other hardware and policies (comma-separated values sweep).
 
     Example: asteria-bench simulate --hardware gh200 --nodes 4 --gpus-per-node 4
     --model 7b --optimizer soap --staleness sync,bounded:4 --steps 1000
     --placement device,lifecycle
+
+    Tune: asteria-bench simulate --tune --hardware gh200 --model 1b --memory-budget 40
     """
     from asteria_bench.simulate_cmd import simulate_command
     from asteria_bench.tables import parse_format
@@ -591,6 +615,21 @@ def simulate(
         values["device_budget"] = device_budget
     if host_budget is not None:
         values["host_budget"] = host_budget
+    if tune:
+        from asteria_bench.tune_cmd import tune_command
+
+        if scenario is not None or out is not None or calibrate_on is not None:
+            raise UserError("--tune: not with --scenario, --out or --calibrate-on")
+        tune_command(
+            values,
+            memory_budget=memory_budget,
+            tune_steps=tune_steps,
+            top=top,
+            convergence=convergence,
+            fmt=parse_format(fmt),
+            wide=wide,
+        )
+        return
     simulate_command(
         values,
         scenario=scenario,
