@@ -55,7 +55,22 @@ def _print_version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
+ROOT_EXAMPLES = """Examples (each command's --help has more):
+
+\b
+  asteria-bench run --optimizer soap --steps 300 --out runs/soap
+  asteria-bench replay runs/soap --staleness bounded:4 --workers 2
+  asteria-bench simulate --scenario gh200-7b
+  asteria-bench simulate --tune --hardware gh200 --model 1b --memory-budget 40
+  asteria-bench import-kineto rank0.pt.trace.json --out runs/profiled
+  asteria-bench compare runs/soap runs/profiled
+  asteria-bench report runs/soap --out report/
+  asteria-bench profile --out local.toml --quick
+  asteria-bench hardware list
+"""
+
+
+@app.callback(epilog=ROOT_EXAMPLES)
 def _root(
     version: Annotated[
         bool,
