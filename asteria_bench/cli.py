@@ -513,7 +513,11 @@ def simulate(
         ),
     ] = "gh200",
     model: Annotated[
-        str, typer.Option(help="gpt-default, gpt-small, 125m, 350m, 1b, 7b, 13b")
+        str,
+        typer.Option(
+            help="a preset (gpt-default, gpt-small, 125m, 350m, 1b, 7b, 13b, llama3-8b,"
+            " llama3-70b, llama2-7b) or a Hugging Face-style config file (.json or .toml)"
+        ),
     ] = "7b",
     optimizer: Annotated[str, typer.Option(help="adamw | shampoo | soap | kl-shampoo")] = "soap",
     staleness: Annotated[str, typer.Option(help="sync | bounded:TAU | adaptive:TAU_MAX")] = "sync",
@@ -525,7 +529,31 @@ def simulate(
     steps: Annotated[str, typer.Option(help="simulated steps")] = "200",
     block_size: Annotated[str, typer.Option(help="preconditioner block size, or none")] = "1024",
     precondition_frequency: Annotated[str, typer.Option(help="refresh every f steps")] = "10",
-    tokens_per_rank: Annotated[str, typer.Option(help="tokens per rank and step")] = "16384",
+    tokens_per_rank: Annotated[
+        str, typer.Option(help="tokens per rank and step (unless --micro-batch is given)")
+    ] = "16384",
+    seq_len: Annotated[
+        str | None, typer.Option(help="sequence length (default: the model's context)")
+    ] = None,
+    micro_batch: Annotated[
+        str | None,
+        typer.Option(
+            help="sequences per micro-batch; tokens per rank = this x seq-len x grad-accum"
+        ),
+    ] = None,
+    grad_accum: Annotated[str, typer.Option(help="micro-batches per optimizer step")] = "1",
+    recompute: Annotated[
+        str, typer.Option(help="activation recompute: none | selective | full")
+    ] = "none",
+    precision: Annotated[
+        str, typer.Option(help="bf16 | fp8 (linear layers, where the profile states a rate)")
+    ] = "bf16",
+    data_parallel: Annotated[
+        str,
+        typer.Option(
+            help="ddp | zero1 | zero2 | zero3 (fsdp): what ranks shard; every optimizer alike"
+        ),
+    ] = "zero1",
     workers: Annotated[str, typer.Option(help="refresh workers per rank")] = "4",
     placement: Annotated[
         str,
@@ -605,6 +633,10 @@ def simulate(
     --model 7b --optimizer soap --staleness sync,bounded:4 --steps 1000
     --placement device,lifecycle
 
+    Example: asteria-bench simulate --hardware h100-sxm --gpus-per-node 8
+    --model llama3-8b --seq-len 8192 --micro-batch 2 --recompute selective
+    --data-parallel zero3 --optimizer adamw,soap
+
     Tune: asteria-bench simulate --tune --hardware gh200 --model 1b --memory-budget 40
     """
     from asteria_bench.simulate_cmd import simulate_command
@@ -625,7 +657,15 @@ def simulate(
         workers=workers,
         placement=placement,
         update_mode=update_mode,
+        grad_accum=grad_accum,
+        recompute=recompute,
+        precision=precision,
+        data_parallel=data_parallel,
     )
+    if seq_len is not None:
+        values["seq_len"] = seq_len
+    if micro_batch is not None:
+        values["micro_batch"] = micro_batch
     if device_budget is not None:
         values["device_budget"] = device_budget
     if host_budget is not None:

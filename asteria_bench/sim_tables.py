@@ -35,8 +35,8 @@ def _pct(value: Any) -> str:
     return "-" if value is None or value != value else f"{100 * float(value):.1f} %"
 
 
-def _peak(row: Row) -> str:
-    text = f"{row['peak_device_state_gib']:,.1f}"
+def _memory(row: Row) -> str:
+    text = f"{row['training_device_gib']:,.1f}"
     return text if row["fits"] else f"{text}!"
 
 
@@ -58,6 +58,12 @@ SIMULATE_COLUMNS = (
     Column("block_size", "block", show=Show.VARIES),
     Column("precondition_frequency", "freq.", show=Show.VARIES),
     Column("tokens_per_rank", "tokens/rank", show=Show.VARIES),
+    Column("seq_len", "seq", show=Show.VARIES),
+    Column("micro_batch", "micro-batch", show=Show.VARIES),
+    Column("grad_accum", "accum.", show=Show.VARIES),
+    Column("recompute", "recompute", show=Show.VARIES, numeric=False),
+    Column("precision", "precision", show=Show.VARIES, numeric=False),
+    Column("data_parallel", "dp", show=Show.VARIES, numeric=False),
     Column("steps", "steps", show=Show.VARIES),
     Column("device_budget", "device budget", show=Show.NEVER),
     Column("host_budget", "host budget", show=Show.NEVER),
@@ -74,7 +80,11 @@ SIMULATE_COLUMNS = (
     Column("overhead", "overhead", _pct),
     Column("wait_ms_per_step", "wait ms/step", _f(2)),
     Column("state_gib_per_rank", "opt. state GiB/rank", _f(1), show=Show.WIDE),
-    Column("peak_device_state_gib", "peak dev. GiB", cell=_peak),
+    Column("peak_device_state_gib", "opt. on dev. GiB", _f(1), show=Show.WIDE),
+    Column("training_device_gib", "memory GiB", cell=_memory),
+    Column("memory_gib_per_rank", "all state GiB", _f(1), show=Show.WIDE),
+    Column("tokens_per_s_per_gpu", "tokens/s/GPU", _f(0), show=Show.WIDE),
+    Column("event_steps", "event steps", show=Show.WIDE),
     Column("device_budget_gib", "device GiB", _f(0), show=Show.WIDE),
     Column("fits", "fits", show=Show.NEVER),
     Column("link_gb_per_step", "link GB/step", _f(2)),
@@ -95,9 +105,11 @@ SIMULATE_COLUMNS = (
 """Every column, in order; the first rows of settings are those of ``simulate.csv``."""
 
 SIMULATE_NOTES = (
-    "overhead: median step over forward+backward, minus 1. p99/p50: spikes. peak dev.: optimizer"
-    " state on the device at its peak (! where it exceeds the device budget). step vs AdamW: mean step"
-    " time over AdamW's on the same hardware and model. --wide: every column.",
+    "overhead: median step over forward+backward, minus 1. p99/p50: spikes. memory: the whole"
+    " training state on the device at its peak (parameters, gradients, master weights, optimizer"
+    " state, activations; on unified memory the one pool), ! where it exceeds the device."
+    " step vs AdamW: mean step time over AdamW's on the same hardware and model. --wide: every"
+    " column.",
 )
 
 

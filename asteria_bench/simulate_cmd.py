@@ -92,12 +92,21 @@ SWEEPABLE = (
     "device_budget",
     "host_budget",
     "update_mode",
+    "seq_len",
+    "micro_batch",
+    "grad_accum",
+    "recompute",
+    "precision",
+    "data_parallel",
 )
 SIZES = ("device_budget", "host_budget")
 MAX_RANKS = 65536
 """The largest data-parallel job a what-if describes (the projection holds per-rank arrays)."""
 MAX_STEPS = 10_000_000
 """More simulated steps than any run would take; beyond it a typo, not a question."""
+MAX_SEQ_LEN = 2**24
+MAX_MICRO_BATCHES = 2**16
+"""Bounds on --seq-len, --micro-batch and --grad-accum: beyond them a typo, not a model."""
 
 
 def expand_sweep(values: dict[str, str]) -> list[WhatIf]:
@@ -114,6 +123,9 @@ def expand_sweep(values: dict[str, str]) -> list[WhatIf]:
         "precondition_frequency",
         "tokens_per_rank",
         "workers",
+        "seq_len",
+        "micro_batch",
+        "grad_accum",
     }
     axes: list[list[tuple[str, object]]] = []
     for name, text in values.items():
@@ -139,17 +151,18 @@ def expand_sweep(values: dict[str, str]) -> list[WhatIf]:
 def validate_whatif(w: WhatIf) -> None:
     from runtime.policies.placement import parse_placement
     from runtime.policies.staleness import parse_staleness
+    from simulator.model_config import ModelConfigError, load_model
     from simulator.profiles import ProfileError, load_profile
-    from simulator.shapes import ShapeError, get_shape
 
     try:
-        load_profile(w.hardware)
+        profile = load_profile(w.hardware)
     except ProfileError as exc:
         raise UserError(f"--hardware: {exc}") from None
     try:
-        get_shape(w.model)
-    except ShapeError as exc:
+        shape = load_model(w.model)
+    except ModelConfigError as exc:
         raise UserError(f"--model: {exc}") from None
+    _validate_training(w, shape.context, profile.gpu.fp8_dense_flops is not None, profile.name)
     if w.optimizer not in ("adamw", "shampoo", "soap", "kl-shampoo"):
         raise UserError(
             f"--optimizer: expected adamw, shampoo, soap or kl-shampoo, got {w.optimizer!r}"
@@ -179,6 +192,37 @@ def validate_whatif(w: WhatIf) -> None:
         ) from None
 
 
+def _validate_training(w: WhatIf, context: int, has_fp8: bool, profile: str) -> None:
+    """The LLM step's options: sizes in range, names known, tokens cut into whole micro-batches."""
+    if w.seq_len is not None and w.seq_len > MAX_SEQ_LEN:
+        raise UserError(f"--seq-len: at most {MAX_SEQ_LEN}, got {w.seq_len}")
+    for option, value in (("--micro-batch", w.micro_batch), ("--grad-accum", w.grad_accum)):
+        if value is not None and value > MAX_MICRO_BATCHES:
+            raise UserError(f"{option}: at most {MAX_MICRO_BATCHES}, got {value}")
+    choices = {
+        "recompute": ("none", "selective", "full"),
+        "precision": ("bf16", "fp8"),
+        "data_parallel": ("ddp", "zero1", "zero2", "zero3", "fsdp"),
+    }
+    for name, known in choices.items():
+        if getattr(w, name) not in known:
+            option = f"--{name.replace('_', '-')}"
+            raise UserError(f"{option}: expected {', '.join(known)}, got {getattr(w, name)!r}")
+    if w.precision == "fp8" and not has_fp8:
+        raise UserError(f"--precision: profile {profile} states no fp8 rate (gpu.fp8_dense_flops)")
+    if w.update_mode == "replicated" and w.data_parallel in ("zero2", "zero3", "fsdp"):
+        raise UserError(
+            f"--update-mode: replicated keeps the whole state on every rank; --data-parallel"
+            f" {w.data_parallel} shards it (use ddp or zero1)"
+        )
+    seq = w.seq_len or context
+    if w.micro_batch is None and w.tokens_per_rank % (seq * w.grad_accum):
+        raise UserError(
+            f"--tokens-per-rank: {w.tokens_per_rank} is not a whole number of micro-batches of"
+            f" {seq} tokens x {w.grad_accum} (give --micro-batch, or a multiple)"
+        )
+
+
 def results_frame(results: list[WhatIfResult]) -> pd.DataFrame:
     rows = []
     for r in results:
@@ -195,6 +239,11 @@ def results_frame(results: list[WhatIfResult]) -> pd.DataFrame:
             peak_device_state_gib=r.peak_device_state_gib,
             device_budget_gib=r.device_gib,
             fits=r.fits,
+            memory_gib_per_rank=r.memory.total / 2**30,
+            training_device_gib=r.training_device_gib,
+            tokens_per_rank=r.tokens_per_step,  # as resolved from --micro-batch
+            tokens_per_s_per_gpu=r.tokens_per_s_per_gpu,
+            event_steps=r.event_steps,
             link_gb_per_step=r.link_gb_per_step,
             transfer_wait_ms_per_step=r.transfer_wait_ms_per_step,
             worker_utilisation=r.worker_utilisation,
@@ -271,10 +320,15 @@ def simulate_command(
             " That the steps ratio carries over to this model size is an assumption."
         )
     if calibration is None:
-        efficiencies = "assumed efficiencies (simulator/projection.py, Efficiency)"
+        efficiencies = (
+            "the profiles' [training] efficiencies (forward/backward) and assumed ones"
+            " (simulator/projection.py, Efficiency)"
+        )
         notes.append(
-            f"Op times are rooflines divided by {efficiencies}; --calibrate-on measures them on a run."
-            " Profile numbers marked 'assumed' are estimates."
+            "Forward and backward are rooflines at each profile's [training] efficiencies, fitted"
+            " to published training throughput (benchmarks/bench_fidelity.py); the optimizer,"
+            " refreshes, copies and collectives at assumed ones; --calibrate-on measures them on"
+            " a run. Profile numbers marked 'assumed' are estimates."
         )
     else:
         efficiencies = calibration.describe()

@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 from reports.derive import write_derived
+from simulator.model_config import load_model
 from simulator.profiles import HardwareProfile, load_profile
-from simulator.shapes import get_shape
 from simulator.whatif import WhatIfResult
 from traces.io import write_trace
 from traces.schema import GpuInfo, HardwareInfo, RunMetadata, SoftwareInfo
@@ -46,7 +46,7 @@ def hardware_of(profile: HardwareProfile, gpus_per_node: int) -> HardwareInfo:
 def metadata_of(result: WhatIfResult, run_id: str, efficiency_source: str) -> RunMetadata:
     w = result.whatif
     profile = load_profile(w.hardware)
-    shape = get_shape(w.model)
+    shape = load_model(w.model)
     from asteria_bench import __version__
 
     return RunMetadata(

@@ -10,7 +10,8 @@ back its measured op times (tested); projecting elsewhere assumes each op
 class reaches the same fraction of its roofline on the target, which is the
 assumption every calibrated projection states.
 
-Op classes measured: ``gemm`` (forward + backward), ``optimizer`` (the blocks'
+Op classes measured: ``gemm`` (forward + backward against the LLM step's
+roofline, ``simulator.llm_step``: matmuls, attention, memory-bound ops), ``optimizer`` (the blocks'
 hot paths), the refresh on whichever of ``refresh_host`` / ``refresh_device``
 computed the run's refreshes, and ``copy`` when the run moved tiered state.
 Collectives need a multi-rank run and keep their assumed value.
@@ -30,9 +31,9 @@ from runtime.plan.costmodel import (
     block_hot_path_bytes,
     block_hot_path_flops,
     block_refresh_flops,
-    fwd_bwd_flops,
     roofline_time_s,
 )
+from simulator.llm_step import ComputeEfficiency, TrainingSetup, micro_batch_time
 from simulator.profiles import HardwareProfile
 from simulator.projection import Efficiency
 from simulator.shapes import ModelShape, gpt_shape
@@ -139,14 +140,12 @@ def calibrate(
     fits: list[OpFit] = []
 
     compute_ns = workload.step.forward_ns + workload.step.backward_ns
-    gemm = OpFit(
-        "gemm",
-        fwd_bwd_flops(run.shape.parameters(), run.tokens_per_step)
-        / gpu.bf16_dense_flops.value
-        * NS,
-        float(compute_ns),
-        1,
+    setup = TrainingSetup(
+        seq_len=run.shape.context,
+        micro_batch=max(1, run.tokens_per_step // run.shape.context),
     )
+    ideal = micro_batch_time(run.shape, setup, profile, ComputeEfficiency.ideal())
+    gemm = OpFit("gemm", ideal.total_s * NS, float(compute_ns), 1)
     fits.append(gemm)
 
     if run.optimizer != "adamw" and workload.blocks:

@@ -90,6 +90,9 @@ def simulate(
     policy = config.staleness
     phases = model.spec.phases
     schedules = model.schedules(config.stagger)
+    # A block with no work on this rank (another rank owns it) adds only zero-length
+    # events; its ordinal still sets the others' staggered schedules.
+    working = [(k, b) for k, b in enumerate(model.blocks) if has_work(b)]
     host_workers: simpy.Store = simpy.Store(env)
     device = simpy.PriorityResource(env, capacity=1)
     contended = config.jobs_on_device and policy.asynchronous
@@ -263,7 +266,7 @@ def simulate(
             opt_begin = int(env.now)
             updates += 1
             t = updates
-            for ordinal, block in enumerate(model.blocks):
+            for ordinal, block in working:
                 installed = 0
                 for phase in phases:
                     if phase is Phase.INSTALL:
@@ -318,6 +321,12 @@ def simulate(
         link_bytes=tiered.link_bytes,
         peak_device_state_bytes=tiered.peak_device_bytes,
         link_busy=links.busy,
+    )
+
+
+def has_work(block: BlockCost) -> bool:
+    return bool(
+        block.hot_ns or block.refresh_ns or block.install_ns or block.snapshot_ns or block.slots
     )
 
 

@@ -20,6 +20,10 @@ Every number is a table::
 ``"assumed"`` is an inference or estimate ([I]), which a report must show as
 an assumption; ``"measured"`` comes from ``asteria-bench profile``.
 
+``gpu.fp8_dense_flops`` is optional (a profile states it where a source
+does). The optional ``[training]`` section holds the fraction of each roof
+LLM training reaches (``simulator.llm_step``; unit ``"fraction"``, in (0, 1]).
+
 The sections and their fields are the dataclasses below (``GpuSpec`` is
 ``[gpu]``, ``HostSpec`` is ``[host]`` and so on); top-level keys are
 ``format_version`` (= 1), ``name`` and ``description``. ``[network.intra_node]``
@@ -64,6 +68,7 @@ __all__ = [
     "NvmeSpec",
     "ProfileError",
     "Quantity",
+    "TrainingSpec",
     "dump_profile",
     "list_profiles",
     "load_profile",
@@ -78,6 +83,7 @@ BYTES = "B"
 BYTES_PER_S = "B/s"
 SECONDS = "s"
 COUNT = "count"
+FRACTION = "fraction"
 
 
 class ProfileError(ValueError):
@@ -107,7 +113,9 @@ class Quantity:
         return self.basis is Basis.ASSUMED
 
 
-def _quantity(unit: str) -> Any:
+def _quantity(unit: str, *, optional: bool = False) -> Any:
+    if optional:
+        return field(default=None, metadata={"kind": "quantity", "unit": unit, "optional": True})
     return field(metadata={"kind": "quantity", "unit": unit})
 
 
@@ -123,13 +131,14 @@ def _section(cls: type, *, optional: bool = False) -> Any:
 
 @dataclass(frozen=True)
 class GpuSpec:
-    """``[gpu]``: peak dense rates (no sparsity) and device memory."""
+    """``[gpu]``: peak dense rates (no sparsity) and device memory; fp8 where stated."""
 
     model: str = _text()
     bf16_dense_flops: Quantity = _quantity(FLOPS)
     fp32_flops: Quantity = _quantity(FLOPS)  # non-tensor FP32
     memory_bytes: Quantity = _quantity(BYTES)
     memory_bandwidth: Quantity = _quantity(BYTES_PER_S)
+    fp8_dense_flops: Quantity | None = _quantity(FLOPS, optional=True)
 
 
 @dataclass(frozen=True)
@@ -181,6 +190,16 @@ class NetworkSpec:
 
 
 @dataclass(frozen=True)
+class TrainingSpec:
+    """``[training]``: the fraction of each roof LLM training reaches on this GPU
+    (``simulator.llm_step``), from published measured throughput (sources in the file)."""
+
+    matmul_efficiency: Quantity = _quantity(FRACTION)
+    attention_efficiency: Quantity = _quantity(FRACTION)
+    memory_efficiency: Quantity = _quantity(FRACTION)
+
+
+@dataclass(frozen=True)
 class HardwareProfile:
     """One machine, as seen by one GPU's rank (see the module docstring for the format)."""
 
@@ -191,6 +210,7 @@ class HardwareProfile:
     link: LinkSpec = _section(LinkSpec)
     nvme: NvmeSpec = _section(NvmeSpec)
     network: NetworkSpec = _section(NetworkSpec)
+    training: TrainingSpec | None = _section(TrainingSpec, optional=True)
 
     @property
     def shares_memory(self) -> bool:
@@ -212,7 +232,7 @@ def _collect(obj: Any, path: str, found: dict[str, Quantity]) -> None:
     for f in fields(obj):
         value = getattr(obj, f.name)
         kind = f.metadata["kind"]
-        if kind == "quantity":
+        if kind == "quantity" and value is not None:
             found[_join(path, f.name)] = value
         elif kind == "section" and value is not None:
             _collect(value, _join(path, f.name), found)
@@ -252,6 +272,8 @@ def _show(value: Any) -> str:
 
 
 def _expected_value(unit: str) -> str:
+    if unit == FRACTION:
+        return "a fraction in (0, 1]"
     return "a positive integer count" if unit == COUNT else f"a positive number of {unit}"
 
 
@@ -292,6 +314,8 @@ class _Reader:
     def value(self, meta: Any, raw: Any, path: str) -> Any:
         kind = meta["kind"]
         if kind == "quantity":
+            if raw is _MISSING and meta.get("optional"):
+                return None
             return self.quantity(raw, path, meta["unit"])
         if kind == "text":
             return self.text(raw, path)
@@ -331,7 +355,7 @@ class _Reader:
         else:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise self.fail(path, f"expected {expected}, got {_show(value)}")
-            if not math.isfinite(value) or value <= 0:
+            if not math.isfinite(value) or value <= 0 or (unit == FRACTION and value > 1):
                 raise self.fail(path, f"expected {expected}, got {_show(value)}")
             value = float(value)
         got_unit = raw.get("unit", _MISSING)

@@ -11,8 +11,16 @@ model has a few hundred simulated block groups, not thousands of blocks; each
 group's refresh is one job (all layers' copies of that block), which is the
 granularity the runtime's workers would pick up anyway.
 
-Data parallelism: every rank runs the same forward and backward; gradients
-are all-reduced (ring, bf16). Blocks are owned as the runtime assigns them
+Forward and backward are an LLM step (``simulator.llm_step``: matmuls,
+causal attention from the sequence length, memory-bound ops, recompute,
+precision) at the profile's measured training efficiencies; a calibration
+replaces them with one measured fraction of that roofline (``Efficiency.gemm``).
+
+Data parallelism: every rank runs the same forward and backward; the
+collectives of the deployment's ZeRO stage (``simulator.data_parallel``)
+overlap with it as the engines do, and only their exposed part holds the
+training thread. The optimizer state is sharded for every optimizer alike
+(ZeRO-1 and up) or for none (DDP). Blocks are owned as the runtime assigns them
 (``runtime.plan.ownership.assign_owners``: greedy LPT over the ranks, by the
 §8 cost of what the owner does): with ``shard_optimizer`` (Distributed
 Shampoo's layout, the default) a rank runs the hot path and the refreshes of
@@ -37,10 +45,21 @@ from runtime.plan.costmodel import (
     block_refresh_flops,
     block_state,
     blocks_of,
-    fwd_bwd_flops,
     roofline_time_s,
 )
 from runtime.plan.ownership import BlockWork, Topology, assign_owners
+from simulator.data_parallel import collectives, exposed_seconds, ring_seconds
+from simulator.llm_step import (
+    ComputeEfficiency,
+    DataParallel,
+    MicroBatchTime,
+    Precision,
+    Recompute,
+    TrainingSetup,
+    compute_efficiency,
+    micro_batch_time,
+)
+from simulator.memory import MemoryPerRank, memory_per_rank
 from simulator.placement_model import block_slot_bytes
 from simulator.profiles import HardwareProfile, LinkKind
 from simulator.shapes import ModelShape
@@ -53,7 +72,8 @@ NS = 1e9
 class Efficiency:
     """Fraction of the roofline each op class reaches (assumptions unless calibrated)."""
 
-    gemm: float = 0.55  # forward / backward in bf16 on tensor cores
+    gemm: float | None = None  # None: the profile's [training] efficiencies; else one
+    # measured fraction of the forward/backward roofline (a calibration)
     optimizer: float = 0.5  # hot-path fp32 matmuls and elementwise work on the GPU
     refresh_device: float = 0.1  # eigh / QR / small matmuls on a GPU stream: latency-bound
     refresh_host: float = 0.25  # the same on CPU cores (LAPACK, fp32)
@@ -62,7 +82,7 @@ class Efficiency:
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
-            if not 0 < value <= 1:
+            if value is not None and not 0 < value <= 1:
                 raise ValueError(f"efficiency {name} must be in (0, 1], got {value}")
 
 
@@ -78,11 +98,37 @@ class Deployment:
     gpus_per_node: int = 1
     root_device: str = "device"  # device | host
     workers: int = 4
-    shard_optimizer: bool = True
+    shard_optimizer: bool = True  # False (replicated updates): DDP, whole state on every rank
+    seq_len: int | None = None  # None: the model's context
+    grad_accum: int = 1
+    recompute: str = "none"  # none | selective | full
+    precision: str = "bf16"  # bf16 | fp8
+    data_parallel: str = "zero1"  # ddp | zero1 | zero2 | zero3
 
     @property
     def ranks(self) -> int:
         return self.nodes * self.gpus_per_node
+
+    def setup(self, shape: ModelShape) -> TrainingSetup:
+        """The step's micro-batches: ``tokens_per_rank`` = micro-batch x seq_len x grad_accum."""
+        seq = self.seq_len or shape.context
+        per_micro_batch = seq * self.grad_accum
+        if self.tokens_per_rank % per_micro_batch:
+            raise ValueError(
+                f"tokens per rank ({self.tokens_per_rank}) must be a multiple of seq_len x"
+                f" grad_accum ({seq} x {self.grad_accum})"
+            )
+        stage = DataParallel(self.data_parallel)
+        if not self.shard_optimizer and stage is DataParallel.ZERO1:
+            stage = DataParallel.DDP
+        return TrainingSetup(
+            seq_len=seq,
+            micro_batch=self.tokens_per_rank // per_micro_batch,
+            grad_accum=self.grad_accum,
+            recompute=Recompute(self.recompute),
+            precision=Precision(self.precision),
+            data_parallel=stage,
+        )
 
 
 @dataclass(frozen=True)
@@ -92,6 +138,8 @@ class Projection:
     publish_bytes_per_step: float
     lower_bound_step_ns: int  # every op at 100 % of its roofline, refreshes off the critical path
     state_bytes_per_rank: int
+    memory: MemoryPerRank | None = None  # the whole training memory of the simulated rank
+    collective_bytes_per_step: float = 0.0  # sent by each rank (data-parallel collectives)
 
 
 def _ns(seconds: float) -> int:
@@ -139,16 +187,21 @@ def project(
     eff = efficiency or Efficiency()
     gpu, host, link = profile.gpu, profile.host, profile.link
     params = shape.parameters()
-    compute_s = fwd_bwd_flops(params, deploy.tokens_per_rank) / (
-        gpu.bf16_dense_flops.value * eff.gemm
+    setup = deploy.setup(shape)
+    ideal = micro_batch_time(shape, setup, profile, ComputeEfficiency.ideal())
+    if eff.gemm is None:
+        micro = micro_batch_time(shape, setup, profile, compute_efficiency(profile))
+    else:  # calibrated: one measured fraction of the whole roofline
+        micro = MicroBatchTime(ideal.forward_s / eff.gemm, ideal.backward_s / eff.gemm)
+    forward_s, backward_s = setup.grad_accum * micro.forward_s, setup.grad_accum * micro.backward_s
+    ring = ring_seconds(profile, deploy.nodes, deploy.gpus_per_node, eff.collective)
+    parts = collectives(params, setup)
+    allreduce_s = (
+        exposed_seconds(parts, ring, setup, micro, shape.n_layer) if deploy.ranks > 1 else 0.0
     )
-    intra_s, inter_s = allreduce_parts(2.0 * params, profile, deploy, eff.collective)
-    allreduce_s = intra_s + inter_s
-    sharded = deploy.shard_optimizer and deploy.ranks > 1 and deploy.optimizer != "adamw"
-    if sharded:  # all-gather of the updated bf16 parameters: half a ring all-reduce
-        allreduce_s += allreduce_s / 2
-        intra_s *= 1.5
-    bound_s = fwd_bwd_flops(params, deploy.tokens_per_rank) / gpu.bf16_dense_flops.value
+    intra_s = allreduce_s * ring.intra_share
+    sharded = deploy.ranks > 1 and setup.data_parallel is not DataParallel.DDP
+    bound_s = setup.grad_accum * ideal.total_s
 
     name = deploy.optimizer
     blocks: list[BlockCost] = []
@@ -156,12 +209,12 @@ def project(
     publish_bytes = 0.0
     hbm = gpu.memory_bandwidth.value
     if name == "adamw":
-        adam_bytes = 4 * WORD_BYTES * params  # read w, g, m, v; write w, m, v (≈4 words each way)
-        optimizer_other_s = (
-            roofline_time_s(12.0 * params, adam_bytes, gpu.fp32_flops.value, hbm) / eff.optimizer
-        )
-        bound_s += roofline_time_s(12.0 * params, adam_bytes, gpu.fp32_flops.value, hbm)
-        state_bytes = 2 * WORD_BYTES * params
+        updated = -(-params // deploy.ranks) if sharded else params  # ZeRO: own shard only
+        adam_bytes = 4 * WORD_BYTES * updated  # read w, g, m, v; write w, m, v (≈4 words each)
+        adam_s = roofline_time_s(12.0 * updated, adam_bytes, gpu.fp32_flops.value, hbm)
+        optimizer_other_s = adam_s / eff.optimizer
+        bound_s += adam_s
+        state_bytes = 2 * WORD_BYTES * updated
     else:
         config = CostConfig(Optimizer(name), block_size=deploy.block_size)
         optimizer_other_s = 0.0
@@ -224,8 +277,8 @@ def project(
         precondition_frequency=deploy.precondition_frequency,
         start_preconditioning_step=deploy.precondition_frequency,
         step=StepCost(
-            forward_ns=_ns(compute_s / 3),
-            backward_ns=_ns(2 * compute_s / 3),
+            forward_ns=_ns(forward_s),
+            backward_ns=_ns(backward_s),
             optimizer_other_ns=_ns(optimizer_other_s),
             loop_other_ns=0,
             first_step_ns=0,
@@ -240,6 +293,8 @@ def project(
         publish_bytes_per_step=publish_bytes * (deploy.ranks - 1) / max(1, deploy.ranks),
         lower_bound_step_ns=_ns(bound_s),
         state_bytes_per_rank=state_bytes,
+        memory=memory_per_rank(shape, setup, deploy.ranks, state_bytes),
+        collective_bytes_per_step=parts.sent_bytes(deploy.ranks, setup.grad_accum),
     )
 
 

@@ -81,6 +81,7 @@ class ModelShape:
     context: int
     n_kv_head: int | None = None  # None = n_head (no grouped-query attention)
     source: str = ""
+    tied_embeddings: bool = False  # llama: the LM head is the token embedding (one parameter)
 
     def __post_init__(self) -> None:
         for attr in ("n_layer", "hidden", "intermediate", "n_head", "vocab", "context"):
@@ -133,7 +134,7 @@ class ModelShape:
             MatrixSpec("gate", i, h, n),
             MatrixSpec("up", i, h, n),
             MatrixSpec("down", h, i, n),
-            MatrixSpec("lm_head", self.vocab, h, 1),
+            *([] if self.tied_embeddings else [MatrixSpec("lm_head", self.vocab, h, 1)]),
         ]
 
     def vectors(self) -> list[VectorSpec]:

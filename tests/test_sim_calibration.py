@@ -81,7 +81,8 @@ def test_projection_on_the_calibration_profile_gives_back_the_measured_ops(
 
 
 def test_a_faster_profile_means_a_lower_efficiency(runs: dict[str, Path]) -> None:
-    """Efficiency is the roofline's share of the measured time: a 10x peak gives 10x the share."""
+    """Efficiency is the roofline's share of the measured time: a GPU 10x faster on every
+    roof of the step (tensor-core peak and memory bandwidth) gives a tenth of the share."""
     trace = read_trace(runs["sync"])
     slow = load_profile("h100-sxm")
     fast = dataclasses.replace(
@@ -90,6 +91,9 @@ def test_a_faster_profile_means_a_lower_efficiency(runs: dict[str, Path]) -> Non
             slow.gpu,
             bf16_dense_flops=dataclasses.replace(
                 slow.gpu.bf16_dense_flops, value=10 * slow.gpu.bf16_dense_flops.value
+            ),
+            memory_bandwidth=dataclasses.replace(
+                slow.gpu.memory_bandwidth, value=10 * slow.gpu.memory_bandwidth.value
             ),
         ),
     )
