@@ -20,6 +20,8 @@ from simulator.model_config import (
     model_from_mapping,
 )
 from simulator.shapes import SHAPES, Family, ModelShape
+from tests.test_fuzz_cli import BAD as FUZZ_VALUES
+from tests.test_fuzz_cli import check
 
 LLAMA3_8B = {  # Meta-Llama-3-8B's config.json, as published (keys the simulator ignores kept)
     "architectures": ["LlamaForCausalLM"],
@@ -199,3 +201,44 @@ def test_fuzzed_bytes_give_a_shape_or_one_line(tmp_path: Path, body: bytes, suff
         load_model(path)
     except ModelConfigError as exc:
         assert "\n" not in str(exc)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--precision", "fp8", "--hardware", "h100-pcie"], "--precision: profile h100-pcie"),
+        (["--precision", "fp4"], "--precision: expected bf16, fp8"),
+        (["--recompute", "some"], "--recompute: expected none, selective, full"),
+        (["--data-parallel", "zero4"], "--data-parallel: expected ddp"),
+        (["--update-mode", "replicated", "--data-parallel", "zero3"], "--update-mode"),
+        (["--tokens-per-rank", "1000"], "--tokens-per-rank: 1000 is not a whole number"),
+        (["--seq-len", str(2**25)], "--seq-len: at most"),
+        (["--micro-batch", "0"], "--micro-batch: expected positive integers"),
+        (["--grad-accum", str(2**17)], "--grad-accum: at most"),
+    ],
+)
+def test_cli_bad_training_options_exit_2_with_one_line(
+    capsys: pytest.CaptureFixture[str], args: list[str], needle: str
+) -> None:
+    assert run_cli(["simulate", "--model", "125m", "--steps", "5", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err
+
+
+TRAINING_OPTIONS = [
+    "--model", "--seq-len", "--micro-batch", "--grad-accum", "--recompute", "--precision",
+    "--data-parallel", "--tokens-per-rank",
+]  # fmt: skip
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(options=st.lists(st.tuples(st.sampled_from(TRAINING_OPTIONS), FUZZ_VALUES), max_size=3))
+def test_simulate_with_bad_training_options_is_one_line(
+    capsys: pytest.CaptureFixture[str], options: list[tuple[str, str]]
+) -> None:
+    args = ["simulate", "--model", "gpt-default", "--hardware", "h100-sxm", "--steps", "2"]
+    for option, value in options:
+        args += [option, value]
+    check(run_cli(args), capsys.readouterr().err)
