@@ -39,14 +39,14 @@ COLUMNS = (
     Column("root_device", "roots", show=Show.VARIES, numeric=False),
     Column("update_mode", "update", show=Show.VARIES, numeric=False),
     Column("time_to_target_ms", "time/AdamW-step ms", _f(1)),
-    Column("vs_best", "vs best", lambda v: "-" if v is None else f"+{100 * v:.1f} %"),
+    Column("vs_best", "vs best", lambda v: "-" if v is None else f"+{100 * v:.1f}%"),
     Column("steps_ratio", "steps ratio", _f(3)),
     Column("median_ms", "median ms", _f(1)),
     Column("p99_ms", "p99 ms", _f(1), show=Show.WIDE),
     Column("wait_ms_per_step", "wait ms/step", _f(2)),
     Column("device_gib", "device GiB", _f(1)),
     Column("link_gb_per_step", "link GB/step", _f(2)),
-    Column("worker_utilisation", "workers busy", lambda v: f"{100 * v:.0f} %" if v else "-", show=Show.WIDE),
+    Column("worker_utilisation", "workers busy", lambda v: f"{100 * v:.0f}%" if v else "-", show=Show.WIDE),
 )  # fmt: skip
 
 
