@@ -11,11 +11,14 @@ import contextlib
 import importlib
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from asteria_bench.errors import UserError
+
+if TYPE_CHECKING:
+    from asteria_bench.config import RunConfig
 
 app = typer.Typer(
     name="asteria-bench",
@@ -33,6 +36,7 @@ DATA = "Data"
 RUNTIME = "Runtime: asynchronous refreshes"
 TIERS = "Runtime: optimizer-state tiers"
 PARALLEL = "Runtime: data parallelism (under torchrun)"
+CHECKPOINTS = "Checkpoints"
 
 
 FormatOption = Annotated[
@@ -150,6 +154,25 @@ def run(
         typer.Option(help="TOML or YAML file with [model] [data] [train] [optim] sections"),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="continue an unfinished run (its folder) from its newest checkpoint, with the"
+            " configuration it saved",
+            rich_help_panel=CHECKPOINTS,
+        ),
+    ] = None,
+    checkpoint_every: Annotated[
+        int | None,
+        typer.Option(
+            help="checkpoint every N steps (default 0: only on SIGTERM / Ctrl-C)",
+            rich_help_panel=CHECKPOINTS,
+        ),
+    ] = None,
+    keep_checkpoints: Annotated[
+        int | None,
+        typer.Option(help="checkpoints kept (default 2)", rich_help_panel=CHECKPOINTS),
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(rich_help_panel=TRAIN)] = None,
     eval_every: Annotated[
         int | None, typer.Option(help="held-out loss every N steps", rich_help_panel=TRAIN)
@@ -313,6 +336,9 @@ def run(
     Example: asteria-bench run --optimizer kl-shampoo --steps 500 --lr 3e-3
 
     Data parallel: torchrun --nproc-per-node 4 -m asteria_bench run --update-mode sharded
+
+    Checkpoints: asteria-bench run --checkpoint-every 100 --out runs/long; after a kill,
+    asteria-bench run --resume runs/long.incomplete
     """
     from asteria_bench.config import RunConfig, apply_mapping, load_config_file, validate
     from asteria_bench.job import run_job
@@ -343,6 +369,8 @@ def run(
             grad_clip=grad_clip,
             torch_threads=torch_threads,
             telemetry_every=telemetry_every,
+            checkpoint_every=checkpoint_every,
+            keep_checkpoints=keep_checkpoints,
         ),
         "optim": dict(
             name=optimizer,
@@ -378,13 +406,37 @@ def run(
         inter_node_staleness=inter_node_staleness,
         parallel=parallel,
     )
+    if resume is not None:
+        given = [k for values in overrides.values() for k, v in values.items() if v is not None]
+        given += [k for k, v in (("config", config), ("out", out)) if v is not None]
+        given += ["overwrite"] if overwrite else []
+        if given:
+            option = "--" + given[0].replace("_", "-")
+            raise UserError(
+                f"--resume: continues the run with the configuration it saved; drop {option}"
+            )
+        cfg = _resumed_config(resume)
     for section, values in overrides.items():
         target = getattr(cfg, section)
         for key, value in values.items():
             if value is not None:
                 setattr(target, key, value)
     validate(cfg)
-    run_job(cfg, out=out, overwrite=overwrite, quiet=quiet)
+    run_job(cfg, out=out, overwrite=overwrite, quiet=quiet, resume=resume)
+
+
+def _resumed_config(resume: Path) -> RunConfig:
+    """The configuration an unfinished run saved in its ``config.json``."""
+    from asteria_bench.config import RunConfig, apply_mapping, load_config_file
+    from asteria_bench.rundir import RunDirectory
+
+    run = RunDirectory.unfinished(resume)
+    saved = run.staging / "config.json"
+    if not saved.is_file():
+        raise UserError(f"--resume: {saved} is missing; the run stopped before its first step")
+    cfg = RunConfig()
+    apply_mapping(cfg, load_config_file(saved), f"--resume: {saved}")
+    return cfg
 
 
 @app.command()

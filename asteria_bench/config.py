@@ -60,6 +60,8 @@ class TrainSection:
     grad_clip: float = 1.0  # 0 disables clipping
     torch_threads: int | None = None
     telemetry_every: int = 10
+    checkpoint_every: int = 0  # 0: checkpoint only when stopped by SIGTERM / Ctrl-C
+    keep_checkpoints: int = 2
 
 
 @dataclass
@@ -231,6 +233,18 @@ def validate(config: RunConfig) -> None:
     need(t.grad_clip >= 0.0, "--grad-clip", "a non-negative number", t.grad_clip)
     need(t.telemetry_every >= 1, "--telemetry-every", "a positive integer", t.telemetry_every)
     need(
+        0 <= t.checkpoint_every <= 10**9,
+        "--checkpoint-every",
+        "a non-negative integer (0: only on SIGTERM / Ctrl-C)",
+        t.checkpoint_every,
+    )
+    need(
+        1 <= t.keep_checkpoints <= 1000,
+        "--keep-checkpoints",
+        "an integer in [1, 1000]",
+        t.keep_checkpoints,
+    )
+    need(
         t.torch_threads is None or t.torch_threads >= 1,
         "--torch-threads",
         "a positive integer",
@@ -367,7 +381,6 @@ def validate(config: RunConfig) -> None:
         )
         floor = policy.tau if isinstance(policy, Bounded) else 0
         need(inter >= floor, option, f"at least --staleness's τ ({floor})", inter)
-
 
 
 def parse_bytes(text: str, option: str) -> int:

@@ -21,6 +21,12 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from asteria_bench.checkpointing import (
+    CheckpointPlan,
+    Interrupted,
+    StopRequest,
+    checkpoint_folder,
+)
 from asteria_bench.config import RunConfig
 from asteria_bench.errors import UserError
 from asteria_bench.rundir import RunDirectory
@@ -143,29 +149,47 @@ def _raise_terminated(signum: int, frame: object) -> None:
     raise Terminated(f"terminated by signal {signum}")
 
 
-def run_job(config: RunConfig, *, out: Path | None, overwrite: bool, quiet: bool) -> None:
+def run_job(
+    config: RunConfig,
+    *,
+    out: Path | None,
+    overwrite: bool,
+    quiet: bool,
+    resume: Path | None = None,
+) -> None:
     """Train and write the run directory; under torchrun, every rank calls this.
 
     Rank 0 (the leader) owns the run directory: it stages it, shares its path
     through the rendezvous store, and writes every shared file once each rank
     has written its own trace under ``ranks/<r>/``. A failure on any rank
     leaves the folder ``*.incomplete``, never one that looks finished.
+
+    With ``resume`` (an unfinished run's folder) the run continues in that
+    folder from its newest good checkpoint, with the configuration it saved.
     """
     dist = start_distributed(config)
     leader = dist is None or dist.is_leader
+    if resume is not None:
+        out = RunDirectory.final_name(resume)
     out = out if out is not None else default_out(config)
     if dist is not None:
         out = Path(dist.share("out", str(out)))
-    rundir = _leader_run_directory(out, overwrite, dist) if leader else None
+    rundir = _leader_run_directory(out, overwrite, dist, resume) if leader else None
     console = Console(stderr=True, quiet=quiet or not leader)
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    stop = StopRequest()
+    if dist is None:
+        stop.install()  # SIGTERM / Ctrl-C: finish the step, checkpoint, then stop
+        previous = signal.getsignal(signal.SIGTERM)
+    else:  # torchrun tears a failed job down with SIGTERM: stop at once (Ctrl-C checkpoints)
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        stop.install_sigint()
     staging: Path | None = None
     rows: list[StepMetrics] = []
     recorder = Recorder(enabled=True)
     stream: TraceStream | None = None
     try:
         if rundir is not None:
-            staging = rundir.create()
+            staging = rundir.create() if resume is None else rundir.reopen()
         if dist is not None:
             shared = dist.share("staging", str(staging) if staging else "")
             if shared.startswith("!"):  # the leader refused --out; say what it said
@@ -177,9 +201,21 @@ def run_job(config: RunConfig, *, out: Path | None, overwrite: bool, quiet: bool
 
         def started(info: TrainStart) -> None:
             run_stream.begin(build_metadata(config, info, out.name, dist))
+            if leader:  # written now, so that an unfinished run can be resumed
+                atomic_write_text(
+                    run_staging / "config.json",
+                    json.dumps(resolved(config, info), indent=2, sort_keys=True) + "\n",
+                )
 
+        run_staging = staging
+        plan = CheckpointPlan(
+            checkpoint_folder(staging),
+            every=config.train.checkpoint_every,
+            keep=config.train.keep_checkpoints,
+            resume=resume is not None,
+        )
         result = _train_with_progress(
-            config, console, quiet or not leader, rows, dist, recorder, stream, started
+            config, console, quiet or not leader, rows, dist, recorder, stream, started, plan, stop
         )
         if dist is not None and not leader:
             write_rank_trace(staging, config, result, out.name, dist, stream)
@@ -195,6 +231,21 @@ def run_job(config: RunConfig, *, out: Path | None, overwrite: bool, quiet: bool
                 file=sys.stderr,
             )
             raise SystemExit(1)
+    except Interrupted as exc:
+        _keep_trace(stream, recorder)
+        how = (
+            f"resume with: asteria-bench run --resume {staging}"
+            if exc.path is not None
+            else "no checkpoint could be written"
+        )
+        if rundir is not None:
+            rundir.mark_incomplete(f"interrupted by {exc.signal_name} after step {exc.step}; {how}")
+        if leader:
+            print(
+                f"asteria-bench: interrupted by {exc.signal_name} after step {exc.step}; {how}",
+                file=sys.stderr,
+            )
+        raise SystemExit(128 + signal.Signals[exc.signal_name].value) from None
     except KeyboardInterrupt:
         _keep_trace(stream, recorder)
         if rundir is not None:
@@ -202,7 +253,7 @@ def run_job(config: RunConfig, *, out: Path | None, overwrite: bool, quiet: bool
         raise
     except BaseException as exc:
         _keep_trace(stream, recorder)
-        if rundir is not None and isinstance(exc, UserError) and not rows:
+        if rundir is not None and isinstance(exc, UserError) and not rows and resume is None:
             rundir.discard()  # refused input before any step: leave nothing behind
         elif rundir is not None and not isinstance(exc, SystemExit):
             rundir.mark_incomplete(f"failed after {len(rows)} steps: {type(exc).__name__}: {exc}")
@@ -211,6 +262,7 @@ def run_job(config: RunConfig, *, out: Path | None, overwrite: bool, quiet: bool
             raise SystemExit(1) from None
         raise
     finally:
+        stop.restore()
         signal.signal(signal.SIGTERM, previous)
         if dist is not None:
             dist.close()
@@ -225,9 +277,13 @@ def run_job(config: RunConfig, *, out: Path | None, overwrite: bool, quiet: bool
     print(str(final))
 
 
-def _leader_run_directory(out: Path, overwrite: bool, dist: DistContext | None) -> RunDirectory:
+def _leader_run_directory(
+    out: Path, overwrite: bool, dist: DistContext | None, resume: Path | None = None
+) -> RunDirectory:
     """The run directory (rank 0 only); a refused ``--out`` is told to the other ranks too."""
     try:
+        if resume is not None:
+            return RunDirectory.unfinished(resume)
         return RunDirectory(out, overwrite=overwrite)
     except UserError as exc:
         if dist is not None:
@@ -267,6 +323,8 @@ def _train_with_progress(
     recorder: Recorder,
     stream: TraceStream,
     started: Callable[[TrainStart], None],
+    checkpoints: CheckpointPlan,
+    stop: StopRequest,
 ) -> TrainResult:
     progress = Progress(
         TextColumn("[bold]{task.fields[name]}"),
@@ -298,4 +356,6 @@ def _train_with_progress(
             recorder=recorder,
             stream=stream,
             started=started,
+            checkpoints=checkpoints,
+            stop=stop,
         )

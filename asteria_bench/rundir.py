@@ -64,6 +64,40 @@ class RunDirectory:
                 " move it away or choose another --out"
             )
 
+    @staticmethod
+    def final_name(path: Path) -> Path:
+        """The name a run finishes under: ``path`` without its ``.incomplete`` suffix."""
+        return path.with_name(path.name.removesuffix(".incomplete"))
+
+    @classmethod
+    def unfinished(cls, path: Path) -> RunDirectory:
+        """An unfinished run to continue (``--resume``): its ``.incomplete`` folder must exist."""
+        final = cls.final_name(path)
+        staging = final.with_name(final.name + ".incomplete")
+        if is_finished_run(final) and not staging.exists():
+            raise UserError(f"--resume: {final} is a finished run; there is nothing to resume")
+        if not (staging / MARKER).is_file():
+            raise UserError(
+                f"--resume: {staging} is not an unfinished run of asteria-bench"
+                f" (expected a folder with an {MARKER} marker)"
+            )
+        if staging.is_symlink():
+            raise UserError(f"--resume: {staging} is a symbolic link; expected a folder of its own")
+        if hasattr(os, "getuid") and staging.stat().st_uid != os.getuid():
+            raise UserError(f"--resume: {staging} belongs to another user")
+        if final.exists():
+            raise UserError(
+                f"--resume: {final} already exists; move it away so the resumed run can finish"
+            )
+        run = cls.__new__(cls)
+        run.final, run.staging = final, staging
+        return run
+
+    def reopen(self) -> Path:
+        """Continue in the existing staging folder (a resumed run)."""
+        atomic_write_text(self.staging / MARKER, "run in progress (resumed)\n")
+        return self.staging
+
     def create(self) -> Path:
         if self.staging.exists():
             shutil.rmtree(self.staging)

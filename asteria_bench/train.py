@@ -21,11 +21,19 @@ from typing import Any
 
 import torch
 
+from asteria_bench.checkpointing import (
+    CheckpointPlan,
+    Interrupted,
+    LoopPosition,
+    StopRequest,
+    offset_clock,
+)
 from asteria_bench.config import BASELINES, RunConfig, resolved_optimizer
 from asteria_bench.errors import UserError
 from asteria_bench.optimizers import build_optimizer, optimizer_parameter_groups
 from asteria_bench.workload.data import ByteDataset, DataError, default_dataset, load_text
 from asteria_bench.workload.model import GPT, GPTConfig
+from runtime.checkpoint import CheckpointManager
 from runtime.distributed import (
     DistContext,
     ParallelConfig,
@@ -33,6 +41,7 @@ from runtime.distributed import (
     is_collective_failure,
 )
 from runtime.execution import ExecutionConfig
+from runtime.stateful import Stateful
 from traces.recorder import Recorder
 from traces.schema import Category, Span, Tier
 from traces.stream import TraceStream
@@ -233,6 +242,43 @@ def execution_config(
     )
 
 
+def _resume(
+    manager: CheckpointManager,
+    saved: dict[str, Stateful],
+    position: LoopPosition,
+    folder: Path,
+) -> int:
+    """Load the newest good checkpoint; the first step to run."""
+    from runtime.checkpoint import CheckpointError
+
+    try:
+        info = manager.load_latest(saved)
+    except CheckpointError as exc:
+        raise UserError(f"--resume: {exc}") from None
+    if info is None:
+        raise UserError(f"--resume: {folder} holds no checkpoint to resume from")
+    return position.step + 1
+
+
+def _close_spill(spill: Any, folder: Any) -> None:
+    """Remove the run's spill files: only once workers are joined and checkpoints written."""
+    if spill is not None:
+        spill.close()
+    if folder is not None:
+        folder.close()
+
+
+def _stop_agreed(stop: StopRequest, dist: DistContext | None) -> bool:
+    """Whether any rank was asked to stop: every rank checkpoints the same step."""
+    if dist is None:
+        return stop.requested
+    import torch.distributed as torch_dist
+
+    flag = torch.tensor([1 if stop.requested else 0], dtype=torch.int32)
+    torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 def train(
     config: RunConfig,
     *,
@@ -241,6 +287,8 @@ def train(
     recorder: Recorder | None = None,
     stream: TraceStream | None = None,
     started: Callable[[TrainStart], None] | None = None,
+    checkpoints: CheckpointPlan | None = None,
+    stop: StopRequest | None = None,
 ) -> TrainResult:
     """Run the configured training job and return its metrics and trace.
 
@@ -251,6 +299,11 @@ def train(
     Under torchrun (``dist``) the model is wrapped in DDP and every rank takes
     its slice of one global batch (``batch_size`` per rank), drawn from one
     seeded generator: the same data a single process with the whole batch sees.
+
+    With ``checkpoints`` the run saves every ``checkpoints.every`` steps and,
+    when ``stop`` has noted SIGTERM / Ctrl-C, once more before raising
+    ``Interrupted``; with ``checkpoints.resume`` it first loads the newest
+    good checkpoint and continues after its step, bitwise as if never stopped.
     """
     t = config.train
     if t.torch_threads is not None:
@@ -296,11 +349,26 @@ def train(
 
         trace_gradient_allreduce(net, recorder, lambda: current_step[0])
     spill = None
+    spill_folder = None
     if config.runtime.spill_dir is not None:
-        from runtime.spill import SpillError, SpillStore
+        from runtime.spill import SpillDirectory, SpillError, SpillStore
 
         try:
-            spill = SpillStore(config.runtime.spill_dir, recorder=recorder)
+            # With a stop request the job removes the spill files itself, after
+            # the checkpoint that still needs them (not from the signal handler).
+            folder = SpillDirectory(config.runtime.spill_dir, handle_signals=stop is None)
+            spill = SpillStore(folder, recorder=recorder)
+            spill_folder = folder
+            for gone in folder.reclaimed:  # left by a run that was killed
+                now = recorder.clock()
+                recorder.add_span(
+                    "spill_reclaimed",
+                    Category.EVENT,
+                    now,
+                    now,
+                    nbytes=gone.nbytes,
+                    detail=f"{gone.path.name} of pid {gone.owner_pid}",
+                )
         except SpillError as exc:
             raise UserError(f"--spill-dir: {exc}") from None
     execution = execution_config(config, recorder, device, spill, dist)
@@ -321,8 +389,7 @@ def train(
         if shards:
             attach(optimizer, shards)
     except BudgetError as exc:
-        if spill is not None:
-            spill.close()
+        _close_spill(spill, spill_folder)
         raise UserError(f"--device-budget: {exc}") from None
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     policies = (
@@ -386,12 +453,28 @@ def train(
         torch_dist.all_reduce(total)
         return total / world
 
+    position = LoopPosition(generator, recorder, stream)
+    saved: dict[str, Stateful] = {"model": model, "optimizer": optimizer, "loop": position}
+    sharded = dist is not None and config.runtime.update_mode == "sharded"
+    rank_local = {"loop", "optimizer"} if sharded else {"loop"}
+    manager = None if checkpoints is None else checkpoints.manager(rank, world)
+    first_step = 1
+    if manager is not None and checkpoints is not None and checkpoints.resume:
+        first_step = _resume(manager, saved, position, checkpoints.folder)
+        offset_clock(recorder, position)
+
+    def checkpoint(step: int) -> Path | None:
+        assert manager is not None
+        with recorder.span("checkpoint", Category.IO, step=step):
+            info = manager.save(step, saved, rank_local)
+        return None if info is None else info.path
+
     metrics: list[StepMetrics] = []
     main_track = threading.current_thread().name
     stopped: str | None = None
     sampler = TelemetrySampler(recorder, gpu=device.type == "cuda")
     try:
-        for step in range(1, t.steps + 1):
+        for step in range(first_step, t.steps + 1):
             scale = lr_multiplier(step - 1, config)
             for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
                 group["lr"] = base * scale
@@ -457,17 +540,23 @@ def train(
                 optimizer_state_bytes=state_bytes,
             )
             metrics.append(row)
+            position.step = step
             if stream is not None:
                 stream.step_done(recorder, step)
             if progress is not None:
                 progress(row)
+            if manager is None or checkpoints is None:
+                continue
+            if stop is not None and _stop_agreed(stop, dist):
+                raise Interrupted(stop.signal_name or "signal", step, checkpoint(step))
+            if checkpoints.every and (step % checkpoints.every == 0 or step == t.steps):
+                checkpoint(step)  # the last one holds the trained model
     finally:
         sampler.close()
         close = getattr(optimizer, "close", None)
         if close is not None:
             close()
-        if spill is not None:
-            spill.close()
+        _close_spill(spill, spill_folder)
     return TrainResult(
         metrics=metrics,
         recorder=recorder,

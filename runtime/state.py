@@ -83,11 +83,13 @@ class StateStore(Protocol):
     def items(self) -> Iterator[tuple[str, Any]]: ...
     def total_bytes(self) -> int: ...
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]: ...
+    def tier_map(self) -> dict[str, dict[str, str]]: ...
     def load_state_dict(
         self,
         blocks: dict[str, dict[str, torch.Tensor]],
         state_types: dict[str, type],
         devices: dict[str, torch.device],
+        tiers: dict[str, dict[str, str]] | None = None,
     ) -> None: ...
 
 
@@ -127,14 +129,32 @@ class DeviceStateStore:
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
         return {block_id: dict(state_tensors(s)) for block_id, s in self._states.items()}
 
+    def tier_map(self) -> dict[str, dict[str, str]]:
+        """Block -> slot -> the tier it rests on (here always the device)."""
+        return {b: dict.fromkeys(state_tensors(s), "device") for b, s in self._states.items()}
+
     def load_state_dict(
         self,
         blocks: dict[str, dict[str, torch.Tensor]],
         state_types: dict[str, type],
         devices: dict[str, torch.device],
+        tiers: dict[str, dict[str, str]] | None = None,
     ) -> None:
-        """Rebuild every block's state; ``state_types`` maps block id -> its state class."""
+        """Rebuild every block's state; ``state_types`` maps block id -> its state class.
+
+        ``tiers`` (a saved ``tier_map``) is ignored: nothing here is tiered.
+        """
         self._states.clear()
+        self._states.update(self._rebuild(blocks, state_types, devices))
+
+    @staticmethod
+    def _rebuild(
+        blocks: dict[str, dict[str, torch.Tensor]],
+        state_types: dict[str, type],
+        devices: dict[str, torch.device],
+    ) -> dict[str, Any]:
+        """Typed block states from saved tensors, checked against each block's state class."""
+        out: dict[str, Any] = {}
         for block_id, tensors in blocks.items():
             if block_id not in state_types:
                 raise ValueError(
@@ -148,4 +168,5 @@ class DeviceStateStore:
                     f"state_dict block {block_id!r} has unknown slots {sorted(unknown)}"
                 )
             device = devices[block_id]
-            self._states[block_id] = cls(**{k: v.to(device) for k, v in tensors.items()})
+            out[block_id] = cls(**{k: v.to(device) for k, v in tensors.items()})
+        return out

@@ -209,6 +209,10 @@ class TieredStateStore(DeviceStateStore):
 
     # -------------------------------------------------------------- the API
     def put(self, block_id: str, state: Any) -> None:
+        self._put_at(block_id, state, {})
+
+    def _put_at(self, block_id: str, state: Any, tiers: dict[str, str]) -> None:
+        """Rest each slot on ``tiers[slot]`` where given (and available), else at its policy home."""
         kinds = slot_kinds(type(state))
         resting = {}
         for name in kinds:
@@ -218,8 +222,13 @@ class TieredStateStore(DeviceStateStore):
             key = (block_id, name)
             self._nbytes[key] = tensor.numel() * tensor.element_size()
             self._tier[key] = Tier.DEVICE
-            info = self._slot_info(block_id, name, kinds[name])
-            home = self.policy.home(info)
+            home = (
+                Tier(tiers[name])
+                if name in tiers
+                else self.policy.home(self._slot_info(block_id, name, kinds[name]))
+            )
+            if home is Tier.NVME and (self._spill is None or self._spill_failed):
+                home = Tier.HOST
             self._tier[key] = home
             resting[name] = self._store_at(block_id, name, tensor, home)
         self._states[block_id] = dataclasses.replace(state, **resting)
@@ -466,6 +475,47 @@ class TieredStateStore(DeviceStateStore):
         from runtime.state import state_tensors
 
         return {block: dict(state_tensors(self._materialized(block))) for block in self._states}
+
+    def tier_map(self) -> dict[str, dict[str, str]]:
+        """Block -> slot -> the tier it rests on now, as a checkpoint records it."""
+        out: dict[str, dict[str, str]] = {}
+        for (block, name), tier in self._tier.items():
+            out.setdefault(block, {})[name] = tier.value
+        return out
+
+    def load_state_dict(
+        self,
+        blocks: dict[str, dict[str, torch.Tensor]],
+        state_types: dict[str, type],
+        devices: dict[str, torch.device],
+        tiers: dict[str, dict[str, str]] | None = None,
+    ) -> None:
+        """Replace every block's state, each slot back on the tier ``tiers`` recorded.
+
+        What the store held before is dropped first (spilled files removed,
+        host copies returned to the pool), so a later read never meets a stale
+        spill file. A slot the map does not name goes where the policy puts a
+        new slot; NVMe without a working spill store falls back to the host.
+        """
+        states = self._rebuild(blocks, state_types, devices)
+        self._drop_all()
+        for block_id, state in states.items():
+            self._put_at(block_id, state, (tiers or {}).get(block_id, {}))
+
+    def _drop_all(self) -> None:
+        for (block, name), tier in list(self._tier.items()):
+            if tier is Tier.NVME and self._spill is not None:
+                self._spill.remove((block, name))
+            elif tier is Tier.HOST:
+                resting = getattr(self._states[block], name, None)
+                if resting is not None:
+                    self.pool.release(resting)
+        self._states.clear()
+        self._tier.clear()
+        self._nbytes.clear()
+        self._layout.clear()
+        self._staged.clear()
+        self._ready.clear()
 
     def total_bytes(self) -> int:
         return sum(self._nbytes.values())

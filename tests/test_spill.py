@@ -29,6 +29,7 @@ from runtime.spill import (
     SpillWriteError,
     probe_direct_io,
 )
+from runtime.spill.owner import OWNER_FILENAME
 from traces.recorder import Recorder
 from traces.schema import Category, Tier
 
@@ -48,7 +49,8 @@ def random_tensor(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torc
 
 
 def files_in(path: Path) -> list[str]:
-    return sorted(os.listdir(path))
+    """The spilled files (the folder's owner record aside)."""
+    return sorted(name for name in os.listdir(path) if name != OWNER_FILENAME)
 
 
 @pytest.fixture(scope="module", params=["probed", "buffered"])

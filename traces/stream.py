@@ -54,6 +54,19 @@ class TraceStream:
         self.chunks_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.trace_dir / "metadata.json", metadata_json(metadata))
 
+    @property
+    def chunks_written(self) -> int:
+        """How many chunks this run has written: a checkpoint's trace position."""
+        return self._index
+
+    def rewind(self, chunks: int) -> None:
+        """Continue after chunk ``chunks`` (a resumed run): later chunks held steps it redoes."""
+        for prefix in ("spans", "counters"):
+            for path in chunk_files(self.trace_dir, prefix):
+                if int(path.stem.rpartition("-")[2]) > chunks:
+                    path.unlink()
+        self._index = chunks
+
     def step_done(self, recorder: Recorder, step: int) -> None:
         """Flush when ``every_steps`` steps or ``every_s`` seconds have gone by."""
         if step % self.every_steps == 0 or time.monotonic() - self._last_flush >= self.every_s:

@@ -34,6 +34,7 @@ from runtime.plan.ownership import Assignment, BlockWork, assign_owners
 from runtime.plan.spec import BlockConfig, OptimizerSpec, Phase
 from runtime.refresh import LocalPublisher, Publisher, RefreshPipeline, build_pipeline
 from runtime.state import DeviceStateStore, StateStore
+from runtime.stateful import Stateful
 from traces.schema import Category
 
 _warned_tf32 = False
@@ -487,14 +488,20 @@ class BlockedOptimizer(torch.optim.Optimizer):
         """
         out = super().state_dict()
         out["blocks"] = self.store.state_dict()
+        out["tiers"] = self.store.tier_map()
         out["pending_refreshes"] = self.pipeline.state_dict()
         out["optimizer_calls"] = self._calls
         out["active_versions"] = dict(self._active_version)
+        staleness = self.execution.staleness
+        if isinstance(staleness, Stateful):  # adaptive: its choices and measurements
+            out["staleness"] = staleness.state_dict()
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         blocks = state_dict.pop("blocks", {})
+        tiers = state_dict.pop("tiers", None)
+        staleness = state_dict.pop("staleness", None)
         pending = state_dict.pop("pending_refreshes", [])
         calls = state_dict.pop("optimizer_calls", 0)
         self._active_version = {
@@ -504,8 +511,16 @@ class BlockedOptimizer(torch.optim.Optimizer):
         params = [p for g in self.param_groups for p in g["params"]]
         devices = {b.id: params[b.param_index].device for b in self.blocks}
         types = {b.id: (self.block_state_type if b.is_matrix else AdamWState) for b in self.blocks}
-        self.store.load_state_dict(blocks, types, devices)
+        self.store.load_state_dict(blocks, types, devices, tiers)
         self.pipeline.load_state_dict(pending, self.refresh_result_type, devices)
+        policy = self.execution.staleness
+        if staleness is not None:
+            if not isinstance(policy, Stateful):
+                raise ValueError(
+                    "the state dict holds adaptive staleness state, this optimizer runs"
+                    f" {policy.name}"
+                )
+            policy.load_state_dict(staleness)
         self._calls = int(calls)
         for p in params:
             if "step" in self.state[p]:

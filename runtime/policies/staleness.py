@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 
 @runtime_checkable
@@ -127,6 +127,27 @@ class Adaptive:
         else:
             tau = math.ceil(job / self._step_ns) + 1
         return min(self.tau_max, max(reference_tau, tau))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every choice made and what the next ones depend on, for an exact resume."""
+        return {
+            "tau_max": self.tau_max,
+            "choices": [[b, v, i] for (b, v), i in sorted(self.choices.items())],
+            "job_ns": dict(sorted(self._job_ns.items())),
+            "last_install": dict(sorted(self._last_install.items())),
+            "step_ns": self._step_ns,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if int(state["tau_max"]) != self.tau_max:
+            raise ValueError(
+                f"the checkpoint's adaptive staleness has tau_max {state['tau_max']},"
+                f" this run {self.tau_max}"
+            )
+        self.choices = {(str(b), int(v)): int(i) for b, v, i in state["choices"]}
+        self._job_ns = {str(k): int(v) for k, v in state["job_ns"].items()}
+        self._last_install = {str(k): int(v) for k, v in state["last_install"].items()}
+        self._step_ns = float(state["step_ns"])
 
     def install_step(self, block: str, version: int, reference_tau: int) -> int:
         key = (block, version)

@@ -2,7 +2,9 @@
 
 A ``SpillDirectory`` is a fresh folder made inside the user's ``--spill-dir``;
 it is removed by ``close()``, at interpreter exit, and on SIGTERM / SIGINT (the
-previous handler runs afterwards, so Ctrl-C still stops the program).
+previous handler runs afterwards, so Ctrl-C still stops the program). It
+records its owner, so that after a SIGKILL the next spill folder made in the
+same parent reclaims it (``runtime.spill.owner``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 from runtime.spill.errors import SpillError
 from runtime.spill.layout import ALIGN, aligned_buffer
+from runtime.spill.owner import PREFIX, reclaim_orphans, write_owner
 
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 
@@ -106,8 +109,9 @@ class SpillDirectory:
             raise SpillError(
                 f"spill directory parent {parent_path} is not writable", path=parent_path
             )
+        self.reclaimed = reclaim_orphans(parent_path)  # folders of runs that were killed
         try:
-            path = tempfile.mkdtemp(prefix="asteria-spill-", dir=parent_path)
+            path = tempfile.mkdtemp(prefix=PREFIX, dir=parent_path)
         except OSError as exc:
             raise SpillError(
                 f"cannot create a spill directory in {parent_path}: {exc.strerror}",
@@ -116,6 +120,7 @@ class SpillDirectory:
             ) from exc
         os.chmod(path, stat.S_IRWXU)
         self.path = Path(path)
+        write_owner(self.path)
         self.cleanup_on_sigint = cleanup_on_sigint
         self._direct_io: bool | None = None
         self._finalizer = weakref.finalize(self, _remove_tree, path)
