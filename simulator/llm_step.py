@@ -22,8 +22,10 @@ its own roof, because each reaches a different fraction of it in practice:
   incoming gradient read, input gradient written).
 
 Activation recompute adds forward work to the backward pass: ``full`` the
-whole forward of every layer, ``selective`` only the memory-bound ops (the
-matmul inputs are kept; norms and activations are recomputed from them).
+whole forward of every layer, ``selective`` only the layers' memory-bound ops
+(the matmul inputs are kept; norms and activations are recomputed from
+them). The LM head and the loss sit outside the checkpointed layers and are
+not recomputed.
 
 The fraction of each roof a profile reaches (``ComputeEfficiency``) comes
 from the profile's ``[training]`` section: fitted to published measured
@@ -59,6 +61,8 @@ __all__ = [
 BF16_BYTES = 2
 FLASH_BACKWARD_RATIO = 2.5
 """Flash attention's backward: five s x s x d matmuls (scores recomputed) against two forward."""
+LOSS_BYTES_PER_ENTRY = 12
+"""The loss per vocabulary entry and token: bf16 logits written, read as fp32, gradient both."""
 FLASH_HEAD_DIM_STEP = 32
 """FlashAttention-2 is compiled for head dimensions 32, 64, ..., 256; others run padded."""
 
@@ -152,16 +156,19 @@ def elementwise_bytes_per_token(shape: ModelShape) -> float:
         per_layer += 2 * (h + shape.kv_heads * shape.head_dim) + 3 * i
     else:
         per_layer += 2 * i
-    return float(BF16_BYTES * per_layer * shape.n_layer + 12 * shape.vocab)
+    return float(BF16_BYTES * per_layer * shape.n_layer + LOSS_BYTES_PER_ENTRY * shape.vocab)
 
 
 @dataclass(frozen=True)
 class MicroBatchWork:
-    """One micro-batch's forward work on one rank; the backward follows from it."""
+    """One micro-batch's forward work on one rank; the backward follows from it.
+    ``head_*``: the part of the totals in the LM head and the loss (never recomputed)."""
 
     matmul_flops: float
     attention_flops: float
     elementwise_bytes: float
+    head_matmul_flops: float = 0.0
+    head_elementwise_bytes: float = 0.0
 
 
 def micro_batch_work(shape: ModelShape, setup: TrainingSetup) -> MicroBatchWork:
@@ -170,6 +177,8 @@ def micro_batch_work(shape: ModelShape, setup: TrainingSetup) -> MicroBatchWork:
         matmul_flops=matmul_flops_per_token(shape) * tokens,
         attention_flops=attention_flops_per_sequence(shape, setup.seq_len) * setup.micro_batch,
         elementwise_bytes=elementwise_bytes_per_token(shape) * tokens,
+        head_matmul_flops=2.0 * shape.vocab * shape.hidden * tokens,
+        head_elementwise_bytes=float(LOSS_BYTES_PER_ENTRY * shape.vocab * tokens),
     )
 
 
@@ -241,8 +250,10 @@ def micro_batch_time(
     memory = work.elementwise_bytes / (gpu.memory_bandwidth.value * eff.memory)
     forward = matmul + attention + memory
     backward = 2 * matmul + FLASH_BACKWARD_RATIO * attention + 2 * memory
+    head = work.head_matmul_flops / (matmul_rate * eff.matmul)
+    loss = work.head_elementwise_bytes / (gpu.memory_bandwidth.value * eff.memory)
     if setup.recompute is Recompute.FULL:
-        backward += forward
+        backward += forward - head - loss
     elif setup.recompute is Recompute.SELECTIVE:
-        backward += memory
+        backward += memory - loss
     return MicroBatchTime(forward, backward)
