@@ -33,7 +33,9 @@ from asteria_bench.rundir import RunDirectory
 from asteria_bench.train import StepMetrics, TrainResult, TrainStart, train
 from reports.derive import write_derived
 from reports.ranks import RANKS_DIRNAME
+from runtime.checkpoint import CheckpointManager
 from runtime.distributed import DistContext, DistError
+from runtime.spill.errors import SpillError
 from traces.atomic import atomic_write_text
 from traces.io import write_trace
 from traces.recorder import Recorder
@@ -257,8 +259,8 @@ def run_job(
             rundir.discard()  # refused input before any step: leave nothing behind
         elif rundir is not None and not isinstance(exc, SystemExit):
             rundir.mark_incomplete(f"failed after {len(rows)} steps: {type(exc).__name__}: {exc}")
-        if isinstance(exc, (DistError, Terminated)):
-            print(f"asteria-bench: {exc}", file=sys.stderr)
+        if isinstance(exc, (DistError, Terminated, SpillError)):
+            print(f"asteria-bench: {exc}{_resume_hint(staging)}", file=sys.stderr)
             raise SystemExit(1) from None
         raise
     finally:
@@ -275,6 +277,13 @@ def run_job(
             (final / "summary.md").read_text(), markup=False, highlight=False, soft_wrap=True
         )
     print(str(final))
+
+
+def _resume_hint(staging: Path | None) -> str:
+    """How to continue a failed run, when it has a checkpoint to continue from."""
+    if staging is None or not CheckpointManager(checkpoint_folder(staging)).checkpoints():
+        return ""
+    return f"; resume with: asteria-bench run --resume {staging}"
 
 
 def _leader_run_directory(

@@ -104,6 +104,7 @@ class BlockedOptimizer(torch.optim.Optimizer):
         self._calls = 0
         self._ordinal: dict[str, int] = {}
         self._active_version: dict[str, int] = {}
+        self.rejected_refreshes = 0  # refreshes that raised or were not finite (previous kept)
         self.blocks: list[Block] = []
         self._param_blocks: dict[int, list[Block]] = {}
         self._param_index: dict[int, int] = {}
@@ -460,6 +461,9 @@ class BlockedOptimizer(torch.optim.Optimizer):
         """Install every refresh of ``block`` whose install step is ``t``."""
         device = self._device_of(block)
         for item in self.pipeline.take_due(block.id, t, device):
+            if item.failure is not None:
+                self._reject(block, item.version, item.failure)
+                continue
             with self._recorder.span(
                 "install",
                 Category.REFRESH,
@@ -470,6 +474,28 @@ class BlockedOptimizer(torch.optim.Optimizer):
                 self._install(block, state, item.result)
             self._recorder.counter("staleness", t - item.version, step=self._calls, key=block.id)
             self._active_version[block.id] = item.version
+
+    def _reject(self, block: Block, version: int, reason: str) -> None:
+        """A refresh that raised or is not finite: keep the block's previous preconditioner.
+
+        One bad eigendecomposition (a NaN from a degenerate factor, a worker
+        that died) must not end a long run or poison its state; the block keeps
+        the version it has, as a staler one, and the trace counts the rejection.
+        """
+        now = self._recorder.clock()
+        self._recorder.add_span(
+            "refresh_rejected",
+            Category.EVENT,
+            now,
+            now,
+            step=self._calls,
+            block=block.id,
+            detail=f"v{version}: {reason}",
+        )
+        self.rejected_refreshes += 1
+        self._recorder.counter("refresh_rejected", self.rejected_refreshes, step=self._calls)
+        if self.rejected_refreshes == 1:
+            warnings.warn(f"{reason}; the block keeps its previous preconditioner", stacklevel=3)
 
     def _device_of(self, block: Block) -> torch.device:
         return self._params[block.param_index].device

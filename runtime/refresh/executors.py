@@ -81,6 +81,21 @@ class Finished:
         return self._outcome
 
 
+class Failed:
+    """A handle on a job that raised where it ran (inline): ``outcome`` raises its error."""
+
+    __slots__ = ("_error",)
+
+    def __init__(self, error: RefreshError) -> None:
+        self._error = error
+
+    def done(self) -> bool:
+        return True
+
+    def outcome(self) -> JobOutcome:
+        raise self._error
+
+
 class FutureHandle:
     """A handle on a job running in a thread pool; a worker's exception names the job."""
 
@@ -135,10 +150,22 @@ class InlineExecutor:
 
     def run(self, job: RefreshJob) -> ResultHandle:
         t0 = time.perf_counter_ns()
-        with self._recorder.span(
-            "refresh", Category.REFRESH, step=job.step, block=job.block, detail=f"v{job.version}"
-        ):
-            result = job.compute(job.inputs)
+        try:
+            with self._recorder.span(
+                "refresh",
+                Category.REFRESH,
+                step=job.step,
+                block=job.block,
+                detail=f"v{job.version}",
+            ):
+                result = job.compute(job.inputs)
+        except Exception as exc:  # the install queue rejects it, as a worker's failure
+            return Failed(
+                RefreshError(
+                    f"refresh of block {job.block} version {job.version} failed:"
+                    f" {type(exc).__name__}: {exc}"
+                )
+            )
         return Finished(JobOutcome(result, time.perf_counter_ns() - t0))
 
     def close(self) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from runtime.policies.staleness import StalenessPolicy
-from runtime.refresh.executors import JobOutcome, ResultHandle, map_tensors
+from runtime.refresh.executors import JobOutcome, RefreshError, ResultHandle, map_tensors
 from traces.recorder import Recorder
 from traces.schema import Category
 
@@ -36,6 +36,20 @@ class PendingRefresh:
     install_step: int
     result: Any = None
     handle: ResultHandle | None = None
+    failure: str | None = None  # why the result was rejected (the job raised, or not finite)
+
+
+def _finite(result: Any) -> bool:
+    """Whether every tensor of a result is finite (one device sync for all of them)."""
+    flags = [torch.isfinite(t).all() for t in _tensors(result)]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def _tensors(result: Any) -> list[torch.Tensor]:
+    if dataclasses.is_dataclass(result) and not isinstance(result, type):
+        values = [getattr(result, f.name) for f in dataclasses.fields(result)]
+        return [v for v in values if isinstance(v, torch.Tensor)]
+    return [result] if isinstance(result, torch.Tensor) else []
 
 
 class StalenessViolation(RuntimeError):
@@ -91,7 +105,8 @@ class InstallQueue:
                     f"but is installed at step {step}"
                 )
             self._resolve(item, wait_step=step)
-            item.result = map_tensors(item.result, lambda t: t.to(device, non_blocking=True))
+            if item.failure is None:
+                item.result = map_tensors(item.result, lambda t: t.to(device, non_blocking=True))
             due.append(item)
         return due
 
@@ -110,6 +125,8 @@ class InstallQueue:
                 if not item.handle.done():
                     continue
                 self._resolve(item, wait_step=None)
+            if item.failure is not None:
+                continue
             item.result = map_tensors(item.result, lambda t: t.to(device, non_blocking=True))
             moved += 1
         return moved
@@ -126,11 +143,26 @@ class InstallQueue:
                 block=item.block,
                 detail=f"v{item.version}",
             ):
-                outcome = handle.outcome()
+                outcome = self._outcome_of(item, handle)
         else:
-            outcome = handle.outcome()
-        item.result, item.handle = outcome.result, None
+            outcome = self._outcome_of(item, handle)
+        item.handle = None
+        if outcome is None:
+            return
+        if not _finite(outcome.result):
+            item.failure = f"refresh of block {item.block} version {item.version} is not finite"
+            return
+        item.result = outcome.result
         self._observe(item.block, outcome)
+
+    @staticmethod
+    def _outcome_of(item: PendingRefresh, handle: ResultHandle) -> JobOutcome | None:
+        """The job's outcome, or None with ``item.failure`` set if it raised."""
+        try:
+            return handle.outcome()
+        except RefreshError as exc:
+            item.failure = str(exc)
+            return None
 
     def _observe(self, block: str, outcome: JobOutcome) -> None:
         observe = getattr(self.staleness, "observe", None)
@@ -151,17 +183,20 @@ class InstallQueue:
         for queue in self._pending.values():
             for item in queue:
                 self._resolve(item, wait_step=None)
-                tensors = {
-                    f.name: getattr(item.result, f.name) for f in dataclasses.fields(item.result)
+                entry: dict[str, Any] = {
+                    "block": item.block,
+                    "version": item.version,
+                    "install_step": item.install_step,
                 }
-                out.append(
-                    {
-                        "block": item.block,
-                        "version": item.version,
-                        "install_step": item.install_step,
-                        "result": {k: v for k, v in tensors.items() if v is not None},
+                if item.failure is not None:
+                    entry["failure"] = item.failure
+                else:
+                    tensors = {
+                        f.name: getattr(item.result, f.name)
+                        for f in dataclasses.fields(item.result)
                     }
-                )
+                    entry["result"] = {k: v for k, v in tensors.items() if v is not None}
+                out.append(entry)
         return out
 
     def load_state_dict(
@@ -171,9 +206,18 @@ class InstallQueue:
         for item in items:
             block = item["block"]
             device = devices[block]
-            result = result_type(**{k: v.to(device) for k, v in item["result"].items()})
+            failure = item.get("failure")
+            result = (
+                None
+                if failure is not None
+                else result_type(**{k: v.to(device) for k, v in item["result"].items()})
+            )
             self._pending.setdefault(block, deque()).append(
                 PendingRefresh(
-                    block, int(item["version"]), int(item["install_step"]), result=result
+                    block,
+                    int(item["version"]),
+                    int(item["install_step"]),
+                    result=result,
+                    failure=None if failure is None else str(failure),
                 )
             )
