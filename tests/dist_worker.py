@@ -164,6 +164,13 @@ def train_one(spec: str, index: int, args: argparse.Namespace, ctx: DistContext 
             "collective_bytes": sum(s.bytes for s in collective),
             "collectives": len(collective),
             "group_bytes": group_bytes,
+            "inter_updates": sorted(
+                {
+                    int((s.detail or "").split(" in update ")[1].split()[0])
+                    for s in collective
+                    if (s.detail or "").endswith("(group inter)")
+                }
+            ),
             "allreduce_bytes": sum(s.bytes for s in allreduce),
             "allreduce_steps": len({s.step for s in allreduce}),
             "owned_blocks": len(opt.assignment.owned_by(rank)) if opt.assignment else -1,

@@ -214,6 +214,9 @@ def test_four_ranks_on_two_emulated_nodes(tmp_path: Path) -> None:
         # node's leader forwards it within its node
         for rank, result in enumerate(leveled):
             assert set(result["group_bytes"]) == {"inter", "intra"}, (name, rank)
+            # the nodes synchronise over the slow link in rounds, every τ_inter - 2 = 3 updates
+            rounds = result["inter_updates"]
+            assert rounds and all(t % 3 == 0 for t in rounds), (name, rank, rounds)
     local = results["shampoo:replicated:bounded:3+inter5+local"]
     assert torch.equal(local[0]["hashes"], results["shampoo:replicated:bounded:3"][0]["hashes"])
     assert all(set(r["group_bytes"]) == {"intra"} for r in local)

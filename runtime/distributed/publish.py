@@ -29,11 +29,17 @@ ranks reach in the same order:
   one update earlier (``at_step``); the owner waits for its worker there if it
   must (a ``wait_refresh`` span with detail ``publish``), and a leader waits
   for the inter-node hop before it forwards the result;
+- with an inter-node bound τ_inter ≥ 4, inter-node hops go in rounds, at the
+  updates that are multiples of τ_inter − 2: the first round after the
+  result's version, which always comes before its intra-node hop. Nodes then
+  synchronise over the slow link once every τ_inter − 2 updates, not every
+  update;
 - a hop whose point is not after the submission (small τ) is issued when the
   install asks for the result.
 
 Each hop a rank takes part in is a ``publish`` span on its own track with its
-bytes and its group (``detail``: ``v<version> from rank <r> (group <level>)``).
+bytes and its group (``detail``: ``v<version> from rank <r> in update <t>
+(group <level>)``, t the update at whose start it was issued).
 """
 
 from __future__ import annotations
@@ -98,6 +104,7 @@ class _Publication:
         self.issued = 0  # how many hops have been issued
         self.buffer: torch.Tensor | None = None
         self._works: list[tuple[Hop, Any, int]] = []  # (hop, work, issued at), for our hops
+        self._updates: list[int] = []  # the update at whose start each of them was issued
         self._outcome: JobOutcome | None = None
 
     def issue_at(self, hop: int) -> int:
@@ -138,12 +145,14 @@ class _Publication:
         self._wait_all()  # what this rank forwards must have arrived
         work = dist.broadcast(buffer, src=hop.src, group=hop.group, async_op=True)
         self._works.append((hop, work, pub.recorder.clock()))
+        self._updates.append(pub.update)
 
     def _wait_all(self) -> None:
         pub = self._publisher
         assert self.buffer is not None
         while self._works:
             hop, work, issued_ns = self._works.pop(0)
+            update = self._updates.pop(0)
             work.wait()
             pub.recorder.add_span(
                 "publish",
@@ -153,7 +162,8 @@ class _Publication:
                 step=self.job.step,
                 block=self.job.block,
                 nbytes=int(self.buffer.numel()),
-                detail=f"v{self.job.version} from rank {hop.src} (group {hop.level})",
+                detail=f"v{self.job.version} from rank {hop.src} in update {update}"
+                f" (group {hop.level})",
                 track=PUBLISH_TRACK,
             )
 
@@ -187,9 +197,14 @@ class OwnerBroadcastPublisher:
         result_type: type,
         recorder: Recorder,
         buffer_device: torch.device,
+        inter_node_staleness: int | None = None,
     ) -> None:
         self.ctx = ctx
         self.assignment = assignment
+        # Inter-node hops go in rounds, every inter_every updates: with τ_inter ≥ 3 the
+        # longest period that still leaves each result a round before its intra-node hop.
+        self.inter_every = max(1, (inter_node_staleness or 0) - 2)
+        self.update = 0  # the update whose optimizer step runs now
         self.layout_of = layout_of
         self.result_type = result_type
         self.recorder = recorder
@@ -211,13 +226,21 @@ class OwnerBroadcastPublisher:
 
     def at_step(self, t: int) -> None:
         """Issue, in submission order, the hops due by update ``t`` of jobs submitted before it."""
+        self.update = t
         for publication in list(self._waiting):
             if t <= publication.job.version:
                 continue
-            while not publication.complete and publication.issue_at(publication.issued) <= t:
+            while not publication.complete and self._due(publication, t):
                 publication.issue_next()
             if publication.complete:
                 self._waiting.remove(publication)
+
+    def _due(self, publication: _Publication, t: int) -> bool:
+        """Whether the publication's next hop goes now: at its point, or in an inter-node round."""
+        last = publication.issue_at(publication.issued)
+        if publication.hops[publication.issued].level == "inter" and t < last:
+            return self.inter_every > 1 and t % self.inter_every == 0
+        return last <= t
 
     def issue_next(self, publication: _Publication) -> None:
         publication.issue_next()

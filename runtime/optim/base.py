@@ -185,7 +185,13 @@ class BlockedOptimizer(torch.optim.Optimizer):
             )
             self.execution = dataclasses.replace(self.execution, staleness=staleness)
         return OwnerBroadcastPublisher(
-            ctx, self.assignment, layout_of, self.refresh_result_type, self._recorder, buffer_device
+            ctx,
+            self.assignment,
+            layout_of,
+            self.refresh_result_type,
+            self._recorder,
+            buffer_device,
+            inter_node_staleness=parallel.inter_node_staleness if ctx.topology.nodes > 1 else None,
         )
 
     def _ownership_work(self, mode: str) -> list[BlockWork]:
