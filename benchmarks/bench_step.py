@@ -145,11 +145,11 @@ def hyperparameters(name: str) -> dict:
     return resolved_optimizer(optim)
 
 
-def our_candidate(bench: Bench, label: str, name: str) -> Candidate:
+def our_candidate(bench: Bench, label: str, name: str, *, batched: bool = False) -> Candidate:
     model = bench.new_model()
     hp = hyperparameters(name)
     groups = optimizer_parameter_groups(name, model, hp["weight_decay"])
-    optimizer = build_optimizer(name, groups, hp, ExecutionConfig())
+    optimizer = build_optimizer(name, groups, hp, ExecutionConfig(batched=batched))
     if name in ("adamw", "muon"):
         return Candidate(label, model, optimizer, set_refresh=None)
 
@@ -356,6 +356,30 @@ def vs_heavyball_table(pairs: list[tuple[Candidate, Candidate]], frequency: int)
     return format_table(headers, rows)
 
 
+def batched_table(pairs: list[tuple[Candidate, Candidate]], frequency: int) -> str:
+    headers = [
+        "optimizer",
+        "per-block hot ms",
+        "batched hot ms",
+        "hot ratio batched/per-block",
+        f"total ratio at f={frequency}",
+    ]
+    rows = []
+    for per_block, batched in pairs:
+        total_a = per_block.hot + per_block.refresh / frequency
+        total_b = batched.hot + batched.refresh / frequency
+        rows.append(
+            [
+                per_block.label,
+                fmt(per_block.hot, 3),
+                fmt(batched.hot, 3),
+                fmt(batched.hot / per_block.hot),
+                fmt(total_b / total_a),
+            ]
+        )
+    return format_table(headers, rows)
+
+
 def refresh_split_table(candidates: list[Candidate]) -> str:
     headers = ["optimizer", "refresh ms", "step A extra ms", "step B extra ms", "cycles"]
     rows = []
@@ -443,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"Muon: torch {torch.__version__} has no torch.optim.Muon; skipping it.")
     ours = [our_candidate(bench, label, name) for label, name in OURS]
+    batched = [our_candidate(bench, f"{label} batched", name, batched=True) for label, name in OURS]
     peers: list[Candidate] = []
     notes: list[str] = []
     if not args.no_heavyball:
@@ -450,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ours: ExecutionConfig() defaults {ExecutionConfig().describe()}")
     for note in notes:
         print(note)
-    candidates = [*baselines, *ours, *peers]
+    candidates = [*baselines, *ours, *batched, *peers]
 
     started = time.perf_counter()
     for c in candidates:
@@ -464,7 +489,10 @@ def main(argv: list[str] | None = None) -> int:
 
     print()
     print(f"Step time vs torch.optim.AdamW (medians of interleaved runs, f={args.frequency})")
-    print(vs_adamw_table([*baselines, *ours, *peers], adamw, args.frequency))
+    print(vs_adamw_table([*baselines, *ours, *batched, *peers], adamw, args.frequency))
+    print()
+    print("Batched execution (ExecutionConfig(batched=True)) vs per block (goal: ratio <= 1.00)")
+    print(batched_table(list(zip(ours, batched, strict=True)), args.frequency))
     if peers:
         by_label = {c.label: c for c in ours}
         pairs = [(by_label[p.label.removeprefix("heavyball ")], p) for p in peers]
@@ -478,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         "Where the refresh lands (extra ms over a hot step; A computes it, B installs it "
         "for staleness-1 SOAP / KL-Shampoo)"
     )
-    print(refresh_split_table([*ours, *peers]))
+    print(refresh_split_table([*ours, *batched, *peers]))
     print(f"\ntimed in {elapsed:.1f} s; load average at end {load_average()}")
     return 0
 

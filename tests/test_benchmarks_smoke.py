@@ -75,6 +75,13 @@ def test_bench_step_quick() -> None:
         float(row["amortized per step at f=10 ms"])
         assert float(row["total ratio vs AdamW"]) > 0
 
+    batched = {r["optimizer"]: r for r in table(out, "optimizer", "per-block hot ms")}
+    assert batched.keys() == {"SOAP", "Shampoo", "KL-Shampoo"}
+    for row in batched.values():
+        assert float(row["hot ratio batched/per-block"]) > 0
+        assert float(row["batched hot ms"]) > 0
+    assert {"SOAP batched", "Shampoo batched", "KL-Shampoo batched"} <= rows.keys()
+
     if HAVE_HEAVYBALL:
         peers = {r["optimizer"]: r for r in table(out, "optimizer", "ours hot ms")}
         assert peers.keys() == {"SOAP", "KL-Shampoo"}
@@ -298,3 +305,31 @@ def test_bench_dist_quick_prints_balance_and_bytes_per_mode() -> None:
         assert float(row["ring/rank"]) >= float(row["grads"]) > 0
         if mode == "sharded":
             assert float(row["publish intra"]) == 0 and float(row["allgather"]) > 0
+
+
+def test_bench_ops_quick() -> None:
+    out = run_quick("bench_ops.py", "--no-peers")
+    rows = {r["optimizer"]: r for r in table(out, "optimizer", "hot ops")}
+    for family in ("SOAP", "Shampoo", "KL-Shampoo"):
+        per_block, batched = rows[f"{family} ours per block"], rows[f"{family} ours batched"]
+        assert float(per_block["vs ours per block"]) == 1.0
+        assert 0 < int(batched["hot kernel ops"]) < int(per_block["hot kernel ops"])
+        assert int(batched["hot kernel ops"]) <= int(batched["hot ops"])
+        assert int(per_block["refresh-step ops"]) > int(per_block["hot ops"])
+        assert f"{family}: batched / per block = " in out
+
+
+def test_count_ops_counts_top_level_operators_and_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """zeros, add_ and a float64 ``to`` launch kernels; view and a no-op ``to`` do not; the
+    fill inside zeros is part of zeros."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    import torch
+
+    from benchmarks.bench_ops import count_ops
+
+    def work() -> None:
+        x = torch.zeros(4).add_(1).view(2, 2)
+        x.to(torch.float32)
+        x.to(torch.float64)
+
+    assert count_ops(work) == (5, 3)

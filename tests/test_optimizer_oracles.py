@@ -32,16 +32,18 @@ except ModuleNotFoundError:  # tests/ became a package
     )
 
 F64 = torch.float64
-IMPLEMENTATIONS = ["runtime", "reference"]
+IMPLEMENTATIONS = ["runtime", "runtime-batched", "reference"]
 REFERENCES = {"Shampoo": ShampooReference, "SOAP": SOAPReference, "KLShampoo": KLShampooReference}
 
 
 def make_optimizer(impl: str, name: str, params: Sequence[torch.nn.Parameter], **hparams: Any):
-    """The real optimizer, or the reference driven through the same parameters."""
-    if impl == "runtime":
+    """The real optimizer (per-block or batched), or the reference driven through the same
+    parameters."""
+    if impl.startswith("runtime"):
         import runtime
 
-        return getattr(runtime, name)(params, **hparams)
+        execution = runtime.ExecutionConfig(batched=impl == "runtime-batched")
+        return getattr(runtime, name)(params, **hparams, execution=execution)
     reference = REFERENCES[name]([p.detach() for p in params], **hparams)
     return ReferenceOptimizer(params, reference)
 

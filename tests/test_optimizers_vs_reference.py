@@ -56,8 +56,16 @@ HYPOTHESIS = settings(
     derandomize=True,
     database=None,
     phases=[Phase.explicit, Phase.generate],
-    suppress_health_check=[HealthCheck.too_slow],
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
+BATCHED = False
+"""Whether the runtime optimizers run batched (set per test by ``execution_path``)."""
+
+
+@pytest.fixture(autouse=True, params=["per-block", "batched"])
+def execution_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every comparison holds for both execution paths: per block and batched."""
+    monkeypatch.setitem(globals(), "BATCHED", request.param == "batched")
 
 
 def runtime_class(name: str) -> Any:
@@ -88,7 +96,9 @@ def run_against_reference(
     generator = torch.Generator().manual_seed(seed)
     initial = random_like_shapes(shapes, generator)
     params = [torch.nn.Parameter(x.to(dtype)) for x in initial]
-    optimizer = runtime_class(name)(params, **hparams)
+    from runtime import ExecutionConfig
+
+    optimizer = runtime_class(name)(params, **hparams, execution=ExecutionConfig(batched=BATCHED))
     reference = REFERENCES[name]([p.detach() for p in params], **hparams)
     starts = [p.detach().to(torch.float64).clone() for p in params]
     sequence = gradient_sequence(shapes, steps, generator, zero_first=zero_first, scale=scale)

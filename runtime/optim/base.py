@@ -133,6 +133,11 @@ class BlockedOptimizer(torch.optim.Optimizer):
         if self.execution.placement is not None:
             self.store = self._make_tiered_store()
         self._hook_handles: list[Any] = []
+        self._batched: Any = None
+        if self.execution.batched:
+            from runtime.optim.batched import BatchedStepper
+
+            self._batched = BatchedStepper(self)
         tiered = self.execution.placement is not None
         if (self.execution.staleness.asynchronous or tiered) and self.execution.hooks:
             self._register_hooks()
@@ -372,10 +377,13 @@ class BlockedOptimizer(torch.optim.Optimizer):
         self._updated = False
         self.pipeline.begin_step(self._calls, self._calls - int(self.skips_first_call))
         with self._recorder.span("optimizer_step", Category.OPTIMIZER, step=self._calls):
-            for group in self.param_groups:
-                for p in group["params"]:
-                    if p.grad is not None:
-                        self._step_param(p, group)
+            if self._batched is not None:
+                self._batched.step()
+            else:
+                for group in self.param_groups:
+                    for p in group["params"]:
+                        if p.grad is not None:
+                            self._step_param(p, group)
             if self._gather is not None and self._updated:
                 self._gather.gather(self._calls)
             # The step boundary: placement decides where state rests for the next

@@ -1,0 +1,354 @@
+"""Batched execution: same-shape blocks stepped together (``ExecutionConfig(batched=True)``).
+
+The per-block path runs a short sequence of small kernels per block; on a GPU
+at LLM scale their launches, not their FLOPs, set the step time. Here the
+blocks of one parameter group with the same shape, state dtype and device form
+a *group*, and every phase of the plan (``spec.phases``) runs once per group on
+stacked tensors (``runtime.optim.batched_rules``); vectors take the AdamW
+fallback with ``torch._foreach_*`` ops. The math is the per-block math, so
+both paths agree to round-off.
+
+Where state lives, and what stays per block:
+
+- **Placement ``device``** (no tiers): after a group's first step its slots are
+  stored stacked, one (n, ...) tensor per slot, and every block's state holds
+  views of it, so nothing is copied per step and ``block_state`` still reads a
+  block. A slot a refresh install replaces (a new basis, a permuted V) is
+  re-stacked at the next phase that needs it.
+- **Tiered placements** (``host``, ``lifecycle``, ``pressure``): tiers stay per
+  block. Each step a group's block states are taken from the tiered store as
+  usual, stacked, stepped and copied back into the block tensors the store
+  hands back, which it then writes back to their tiers; the device holds the
+  group's working set for the group's step.
+- **Refreshes**: computed per group (batched QR / eigh over the group's
+  snapshot), but queued, installed and checkpointed **per block**: each block
+  gets its slice of the group's result at the install step its staleness
+  policy gives it, and installs with the per-block ``_install``. With
+  staggering, the blocks due at a step form the batch.
+- **Data parallelism** (``parallel``) is not supported in batched mode yet:
+  owners are per block and a group job has no single owner.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from runtime.blocking import Block, block_view, matrix_view
+from runtime.optim.adamw import init_adamw_state
+from runtime.optim.batched_rules import RULES, BatchedRule, Slots, adamw_step_foreach
+from runtime.plan.spec import Phase
+from runtime.refresh import JobOutcome, RefreshJob, ResultHandle, map_tensors
+from traces.schema import Category
+
+if TYPE_CHECKING:
+    from runtime.optim.base import BlockedOptimizer
+
+
+@dataclass(frozen=True)
+class GroupKey:
+    """What blocks must share to be stacked: param group, shape, dtype, device, kind."""
+
+    param_group: int
+    shape: tuple[int, int]
+    dtype: torch.dtype
+    device: torch.device
+    is_matrix: bool
+
+
+@dataclass
+class BlockGroup:
+    """Blocks stepped as one stack, in block order; ``name`` labels its spans and jobs."""
+
+    name: str
+    key: GroupKey
+    blocks: list[Block]
+    stacked: dict[str, torch.Tensor] = field(default_factory=dict)
+    views: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+
+
+def group_blocks(optimizer: BlockedOptimizer) -> list[BlockGroup]:
+    """Every block of ``optimizer`` in exactly one group, groups in first-block order.
+
+    Vectors need no stacking (their AdamW runs on lists), so all vectors of a
+    param group with one dtype and device form one group whatever their length.
+    """
+    from runtime.optim.base import state_dtype
+
+    index_of_group = {id(g): i for i, g in enumerate(optimizer.param_groups)}
+    groups: dict[GroupKey, BlockGroup] = {}
+    for block in optimizer.blocks:
+        param = optimizer._params[block.param_index]
+        key = GroupKey(
+            index_of_group[id(optimizer._group_of[block.param_index])],
+            block.shape if block.is_matrix else (0, 1),
+            state_dtype(param),
+            param.device,
+            block.is_matrix,
+        )
+        if key not in groups:
+            a, b = key.shape
+            kind = "m" if key.is_matrix else "v"
+            groups[key] = BlockGroup(f"{kind}{len(groups)}:{a}x{b}", key, [])
+        groups[key].blocks.append(block)
+    return list(groups.values())
+
+
+class _SliceHandle:
+    """Block ``index``'s result out of a group job's list of per-block results."""
+
+    __slots__ = ("_index", "_inner")
+
+    def __init__(self, inner: ResultHandle, index: int) -> None:
+        self._inner = inner
+        self._index = index
+
+    def done(self) -> bool:
+        return self._inner.done()
+
+    def outcome(self) -> JobOutcome:
+        outcome = self._inner.outcome()
+        return JobOutcome(outcome.result[self._index], outcome.compute_ns)
+
+
+@dataclass
+class _Active:
+    """A parameter that makes an update this step: its t and 2-D views of it and its grad."""
+
+    t: int
+    w2: torch.Tensor
+    g2: torch.Tensor
+
+
+class BatchedStepper:
+    """Steps an optimizer's blocks group by group; ``BlockedOptimizer.step`` calls ``step``."""
+
+    def __init__(self, optimizer: BlockedOptimizer) -> None:
+        self.optimizer = optimizer
+        self.rule: BatchedRule = RULES[optimizer.spec.name]
+        self.groups = group_blocks(optimizer)
+        self.persistent = optimizer.execution.placement is None
+
+    # ------------------------------------------------------------------ step
+    def step(self) -> None:
+        opt = self.optimizer
+        active: dict[int, _Active] = {}
+        for group in opt.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    prepared = self._prepare(p, group)
+                    if prepared is not None:
+                        active[opt._param_index[id(p)]] = prepared
+        for bg in self.groups:
+            by_t: dict[int, list[Block]] = {}
+            for block in bg.blocks:
+                if block.param_index in active:
+                    by_t.setdefault(active[block.param_index].t, []).append(block)
+            for t, blocks in by_t.items():
+                if bg.key.is_matrix:
+                    self._matrix_group(bg, blocks, t, active)
+                else:
+                    self._vector_group(bg, blocks, t, active)
+
+    def _prepare(self, p: torch.Tensor, group: dict[str, Any]) -> _Active | None:
+        """The per-parameter part of a step: checks, first-call init, the step counter."""
+        from runtime.optim.base import state_dtype
+
+        opt = self.optimizer
+        grad = p.grad
+        assert grad is not None
+        name = type(opt).__name__
+        if grad.is_sparse:
+            raise RuntimeError(f"{name} does not support sparse gradients")
+        if not p.is_contiguous():
+            raise RuntimeError(f"{name} needs contiguous parameters")
+        index = opt._param_index[id(p)]
+        blocks = opt._param_blocks[index]
+        pstate = opt.state[p]
+        w2 = matrix_view(p, blocks[0])
+        g2 = matrix_view(grad, blocks[0])
+        if g2.dtype != state_dtype(p):
+            g2 = g2.to(state_dtype(p))
+        if "step" not in pstate:
+            pstate["step"] = 0
+            for block in blocks:
+                gb = block_view(g2, block)
+                state = (
+                    opt._init_block(block, gb, group) if block.is_matrix else init_adamw_state(gb)
+                )
+                opt.store.put(block.id, state)
+            if opt.skips_first_call:
+                return None
+        pstate["step"] += 1
+        opt._updated = True
+        return _Active(pstate["step"], w2, g2)
+
+    # -------------------------------------------------------------- vectors
+    def _vector_group(
+        self, bg: BlockGroup, blocks: list[Block], t: int, active: dict[int, _Active]
+    ) -> None:
+        opt = self.optimizer
+        group = opt.param_groups[bg.key.param_group]
+        states = [opt.store.get(b.id) for b in blocks]
+        w = [block_view(active[b.param_index].w2, b) for b in blocks]
+        g = [block_view(active[b.param_index].g2, b) for b in blocks]
+        adamw_step_foreach(
+            w,
+            g,
+            [s.M for s in states],
+            [s.V for s in states],
+            step=t,
+            lr=group["lr"],
+            **opt._fallback_hyperparameters(group),
+        )
+        for block, state in zip(blocks, states, strict=True):
+            opt.store.release(block.id, state)
+
+    # ------------------------------------------------------------- matrices
+    def _matrix_group(
+        self, bg: BlockGroup, blocks: list[Block], t: int, active: dict[int, _Active]
+    ) -> None:
+        opt = self.optimizer
+        group = opt.param_groups[bg.key.param_group]
+        config = opt._block_config(group)
+        whole = len(blocks) == len(bg.blocks)
+        states = [opt.store.get(b.id) for b in blocks]
+        w = [block_view(active[b.param_index].w2, b) for b in blocks]
+        g = torch.stack([block_view(active[b.param_index].g2, b) for b in blocks])
+        slots = self._gather(bg, states, whole)
+        for phase in opt.spec.phases:
+            if phase is Phase.STATISTICS:
+                with self._span("factor_update", bg, len(blocks)):
+                    self.rule.statistics(slots, g, group, t)
+            elif phase is Phase.PRECONDITION:
+                with self._span("precondition", bg, len(blocks)):
+                    self.rule.precondition(slots, w, g, group, t)
+            elif phase is Phase.INSTALL:
+                due = [opt.pipeline.take_due(b.id, t, bg.key.device) for b in blocks]
+                if any(due):
+                    self._scatter(bg, states, slots)
+                    for block, state, items in zip(blocks, states, due, strict=True):
+                        self._install(block, state, items, t)
+                    slots = self._gather(bg, states, whole)
+            else:
+                due_blocks = [
+                    i
+                    for i, b in enumerate(blocks)
+                    if opt.spec.refresh_due(t, opt._ordinal[b.id], config)
+                ]
+                if due_blocks:
+                    self._submit(bg, blocks, due_blocks, slots, group, t)
+        self._scatter(bg, states, slots)
+        for block, state in zip(blocks, states, strict=True):
+            if opt._recorder.enabled:
+                age = t - opt._active_version.get(block.id, 0)
+                opt._recorder.counter("preconditioner_age", age, step=opt._calls, key=block.id)
+            opt.store.release(block.id, state)
+
+    def _gather(self, bg: BlockGroup, states: list[Any], whole: bool) -> Slots:
+        """Each slot of the blocks as one stacked tensor (reused when the blocks hold its views).
+
+        With persistent stacks (placement ``device``, the whole group stepping)
+        a freshly stacked slot becomes the blocks' storage: each block's state
+        gets its view, so the next step finds them linked and copies nothing.
+        """
+        link = self.persistent and whole
+        out: Slots = {}
+        for name in self.rule.slots:
+            tensors = [getattr(s, name) for s in states]
+            if tensors[0] is None:
+                out[name] = None
+                continue
+            views = bg.views.get(name) if link else None
+            if views is not None and all(x is y for x, y in zip(tensors, views, strict=True)):
+                out[name] = bg.stacked[name]
+                continue
+            stacked = torch.stack(tensors)
+            out[name] = stacked
+            if link:
+                views = list(stacked.unbind(0))
+                for state, view in zip(states, views, strict=True):
+                    setattr(state, name, view)
+                bg.stacked[name], bg.views[name] = stacked, views
+        return out
+
+    def _scatter(self, bg: BlockGroup, states: list[Any], slots: Slots) -> None:
+        """Copy stacked slots back into block tensors that are not views of them."""
+        for name, stacked in slots.items():
+            if stacked is None:
+                continue
+            tensors = [getattr(s, name) for s in states]
+            views = bg.views.get(name)
+            linked = views is not None and bg.stacked.get(name) is stacked
+            if linked and all(x is y for x, y in zip(tensors, views or (), strict=True)):
+                continue
+            torch._foreach_copy_(tensors, list(stacked.unbind(0)))
+
+    def _install(self, block: Block, state: Any, items: list[Any], t: int) -> None:
+        """The per-block install of each due result, with the per-block path's span and counters."""
+        opt = self.optimizer
+        for item in items:
+            with opt._recorder.span(
+                "install",
+                Category.REFRESH,
+                step=opt._calls,
+                block=block.id,
+                detail=f"v{item.version}",
+            ):
+                opt._install(block, state, item.result)
+            opt._recorder.counter("staleness", t - item.version, step=opt._calls, key=block.id)
+            opt._active_version[block.id] = item.version
+
+    def _submit(
+        self,
+        bg: BlockGroup,
+        blocks: list[Block],
+        due: list[int],
+        slots: Slots,
+        group: dict[str, Any],
+        t: int,
+    ) -> None:
+        """One batched refresh job for the due blocks; each block queues its slice."""
+        opt = self.optimizer
+        inputs = opt._refresh_inputs(SimpleNamespace(**slots), group, t)
+        if inputs is None:
+            return
+        if len(due) < len(blocks):
+            index = torch.tensor(due, device=bg.key.device)
+            inputs = map_tensors(inputs, lambda x: x.index_select(0, index))
+        ids = [blocks[i].id for i in due]
+        pipeline = opt.pipeline
+        installs = [pipeline.queue.install_step(b, t, opt.reference_tau) for b in ids]
+        job = RefreshJob(
+            f"{bg.name}x{len(ids)}",
+            t,
+            opt._calls,
+            self.rule.refresh,
+            inputs,
+            installs[0],
+            not pipeline.executor.asynchronous,
+        )
+        handle = pipeline.executor.run(job)
+        for k, (block_id, install) in enumerate(zip(ids, installs, strict=True)):
+            pipeline.queue.add(block_id, t, install, _SliceHandle(handle, k))
+
+    def _span(self, name: str, bg: BlockGroup, n: int) -> Any:
+        opt = self.optimizer
+        if opt._trace_blocks:
+            return opt._recorder.span(
+                name, Category.OPTIMIZER, step=opt._calls, detail=f"{bg.name} ({n} blocks)"
+            )
+        return _NullContext()
+
+
+class _NullContext:
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
