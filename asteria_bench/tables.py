@@ -142,17 +142,7 @@ class ResultTable:
         """
         shown = self.shown(wide)
         cells = self.cells(wide)
-        texts = [[c.header, *(row[i] for row in cells)] for i, c in enumerate(shown)]
-        longest = [max(len(t) for t in column) for column in texts]
-        words = [
-            max(len(t) for t in column[1:])
-            if c.nowrap and len(column) > 1
-            else min(
-                max(len(w) for t in column for w in [*t.split(), ""]) or 1,
-                10**6 if c.numeric else _LONG_WORD,
-            )
-            for c, column in zip(shown, texts, strict=True)
-        ]
+        longest, words = self._extents(wide)
         widths = fit_widths(
             longest, words, width - _GAP * (len(shown) - 1), [c.numeric for c in shown]
         )
@@ -171,6 +161,28 @@ class ResultTable:
         for row in cells:
             table.add_row(*row)
         return table
+
+    def _extents(self, wide: bool) -> tuple[list[int], list[int]]:
+        """Per printed column: its widest cell, and the least it may get (its longest word)."""
+        shown = self.shown(wide)
+        cells = self.cells(wide)
+        texts = [[c.header, *(row[i] for row in cells)] for i, c in enumerate(shown)]
+        longest = [max(len(t) for t in column) for column in texts]
+        words = [
+            max(len(t) for t in column[1:])
+            if c.nowrap and len(column) > 1
+            else min(
+                max(len(w) for t in column for w in [*t.split(), ""]) or 1,
+                10**6 if c.numeric else _LONG_WORD,
+            )
+            for c, column in zip(shown, texts, strict=True)
+        ]
+        return longest, words
+
+    def least_width(self, wide: bool = False) -> int:
+        """The narrowest terminal the table fits without cutting a word."""
+        _, words = self._extents(wide)
+        return sum(words) + _GAP * (len(words) - 1)
 
     def csv(self) -> str:
         buffer = io.StringIO()
@@ -257,7 +269,11 @@ def emit(
     if fmt is OutputFormat.TABLE:
         term = console(wide) if out is None else Console(file=out, width=TABLE_WIDTH)
         for table in tables:
-            term.print(table.rich(wide, term.width))
+            # Too many columns for the terminal: print wider (the terminal wraps lines)
+            # rather than let rich cut numbers to fit.
+            width = max(term.width, table.least_width(wide))
+            wider = term if width == term.width else Console(file=term.file, width=width)
+            wider.print(table.rich(wide, width))
             for note in table.notes:
                 term.print(note, highlight=False, markup=False)
         return

@@ -38,9 +38,9 @@ COLUMNS = (
     Column("workers", "workers", show=Show.VARIES),
     Column("root_device", "roots", show=Show.VARIES, numeric=False),
     Column("update_mode", "update", show=Show.VARIES, numeric=False),
-    Column("time_to_target_ms", "time/AdamW-step ms", _f(1)),
+    Column("time_to_target_ms", "ms per AdamW step", _f(1)),
     Column("vs_best", "vs best", lambda v: "-" if v is None else f"+{100 * v:.1f}%"),
-    Column("steps_ratio", "steps ratio", _f(3)),
+    Column("steps_ratio", "steps ratio", _f(3), show=Show.WIDE),
     Column("median_ms", "median ms", _f(1)),
     Column("p99_ms", "p99 ms", _f(1), show=Show.WIDE),
     Column("wait_ms_per_step", "wait ms/step", _f(2)),
@@ -100,8 +100,9 @@ def tune_table(result: TuneResult, top: int, budget_gib: float, source: str) -> 
         else "coordinate descent from the given settings (a local optimum)"
     )
     objective = (
-        f"time/AdamW-step: mean step time x the steps to AdamW's final loss over AdamW's ({source});"
-        " the time it takes to make the progress AdamW makes in one step. Lower is better."
+        f"ms per AdamW step: mean step time x the steps to AdamW's final loss over AdamW's"
+        f" ({source}, --wide shows it): the time it takes to make the progress AdamW makes in"
+        " one step. Lower is better."
         if not result.by_step_time
         else f"no measured steps ratio for {b.optimizer} ({source}): ranked by mean step time at"
         f" staleness {b.staleness}."

@@ -185,3 +185,16 @@ def test_a_column_shown_only_where_it_varies_or_has_values() -> None:
         "none": None,
         "raw": 4,
     }
+
+
+def test_a_table_too_wide_for_the_terminal_is_printed_wider_not_cut() -> None:
+    columns = tuple(Column(f"c{i}", f"column{i}") for i in range(14))
+    rows = [{f"c{i}": 1234567.25 + i for i in range(14)}]
+    table = ResultTable("many columns", columns, rows)
+    assert table.least_width() > TABLE_WIDTH
+    out = io.StringIO()
+    emit([table], OutputFormat.TABLE, out=out)
+    text = out.getvalue()
+    assert max(len(line) for line in text.splitlines()) == table.least_width()
+    for i in range(14):
+        assert f"{1234567.25 + i}" in text

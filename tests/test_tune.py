@@ -134,7 +134,7 @@ def test_simulate_tune_prints_the_best_few(capsys: pytest.CaptureFixture[str]) -
     assert run_cli([*TUNE, "--memory-budget", "40GiB"]) == 0
     out = capsys.readouterr().out
     assert max(len(line) for line in out.splitlines()) <= 100 and "…" not in out
-    assert "time/AdamW-step" in out and "best of" in out
+    assert "ms per AdamW step: mean step time" in out and "best of" in out
 
 
 @pytest.mark.parametrize(
