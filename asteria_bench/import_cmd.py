@@ -104,7 +104,7 @@ def metadata_of(
                 "source": trace.source.name,
                 "optimizer_class": trace.optimizer_class,
                 "modelled_as": optimizer,
-                "profiler_steps": [n - 1 for n in trace.steps],
+                "profiler_steps": trace.profiler_steps,
                 "refresh_steps": trace.refresh_steps,
                 "distributed_info": {"rank": trace.rank, "world_size": trace.world_size},
             }

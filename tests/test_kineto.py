@@ -66,18 +66,20 @@ def test_steps_phases_and_refreshes_of_a_recorded_trace(recorded: Path) -> None:
     rank = read_kineto(recorded)
     events = raw_events(recorded)
     profiled = steps_of(events)
-    assert rank.steps == sorted(n + 1 for n in profiled)
-    assert len(rank.steps) == ACTIVE
+    assert rank.steps == list(range(1, ACTIVE + 1))  # the profiled window, numbered from 1
+    assert rank.profiler_steps == sorted(profiled)
+    number = {n: k for k, n in enumerate(sorted(profiled), start=1)}
     assert rank.optimizer_class == "SOAP"
     spans = {(s.name, s.step): s for s in rank.spans if s.track == "training"}
     for n, (ts, dur) in profiled.items():
-        step = spans[("step", n + 1)]
+        step = spans[("step", number[n])]
+        assert step.detail == f"ProfilerStep#{n}"
         assert (step.start_ns, step.end_ns) == (
             round(ts * 1000),
             round(ts * 1000) + round(dur * 1000),
         )
-        forward, backward = spans[("forward", n + 1)], spans[("backward", n + 1)]
-        optimizer = spans[("optimizer_step", n + 1)]
+        forward, backward = spans[("forward", number[n])], spans[("backward", number[n])]
+        optimizer = spans[("optimizer_step", number[n])]
         assert step.start_ns <= forward.start_ns < forward.end_ns <= backward.start_ns
         assert backward.end_ns <= optimizer.start_ns < optimizer.end_ns <= step.end_ns
     # the refresh: SOAP's QR iterations, every FREQUENCY steps, inside the optimizer step
@@ -154,13 +156,13 @@ def test_a_public_gpu_trace(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     """HTA's excerpt of an A100 training trace: one step, a backward thread, a cutlass kernel."""
     source = DATA / "hta_backward_thread.json"
     rank = read_kineto(source)
-    assert rank.steps == [553] and rank.rank == 0 and rank.on_gpu
+    assert rank.steps == [1] and rank.profiler_steps == [552] and rank.rank == 0 and rank.on_gpu
     by_name = {s.name: s for s in rank.spans}
     backward = by_name["backward"]  # the loop's own "## backward ##" annotation
     assert (backward.start_ns, backward.end_ns) == (1666149715287655000, 1666149715395643000)
     kernel = next(s for s in rank.spans if s.track.startswith("cuda:"))
     assert kernel.track == "cuda:0 stream 7" and kernel.category is Category.COMPUTE
-    assert kernel.step == 553 and kernel.end_ns - kernel.start_ns == 45_000
+    assert kernel.step == 1 and kernel.end_ns - kernel.start_ns == 45_000
     out = tmp_path / "hta"
     assert run_cli(["import-kineto", str(source), "--out", str(out)]) == 0
     assert read_trace(out).metadata.device == "cuda:0"

@@ -9,9 +9,12 @@ turns one such file into spans in the schema of ``traces/SCHEMA.md`` (kind
 ``imported``), so that reports, ``replay`` and the simulator read it as they
 read a measured run:
 
-- ``ProfilerStep#N`` is step N + 1 (the profiler counts from 0, the schema
-  from 1), a ``step`` span on the track ``training`` (the thread that
-  recorded it).
+- The k-th ``ProfilerStep#N`` of the trace (in time) is step k, a ``step``
+  span on the track ``training`` with ``detail = "ProfilerStep#N"``: a
+  profiled window (steps 100 to 105, say) is numbered from 1, as a run is, so
+  that ``replay`` simulates the steps profiled and no others, and its first
+  step, often slowed by the profiler's start, is the one the workload model
+  keeps apart. ``profiler_steps`` keeps the profiler's numbers.
 - ``forward`` and ``backward`` are the loop's own annotations where it made
   them (``record_function("## forward ##")``, as HTA's examples do). Else
   ``backward`` runs from the first to the last autograd function the engine
@@ -104,7 +107,8 @@ class KinetoRank:
     source: Path
     rank: int | None
     world_size: int | None
-    steps: list[int]
+    steps: list[int]  # 1..k
+    profiler_steps: list[int]  # the N of each ProfilerStep#N, in the same order
     spans: list[Span]
     counters: list[CounterSample]
     optimizer_class: str | None
@@ -226,11 +230,10 @@ def read_kineto(path: Path, refresh_ops: Sequence[str] = DEFAULT_REFRESH_OPS) ->
             " and call prof.step() once per training step)"
         )
     main_tid = step_events[0].tid
-    numbers = [int(STEP_PATTERN.match(e.name).group(1)) + 1 for e in step_events]  # type: ignore[union-attr]
-    if max(numbers) > 2**53:
-        raise KinetoError(f"{path}: ProfilerStep number {max(numbers) - 1} is out of range")
-    if len(set(numbers)) != len(numbers):
+    profiled = [int(STEP_PATTERN.match(e.name).group(1)) for e in step_events]  # type: ignore[union-attr]
+    if len(set(profiled)) != len(profiled):
         raise KinetoError(f"{path}: ProfilerStep numbers repeat (one trace per rank expected)")
+    numbers = list(range(1, len(step_events) + 1))
     starts = np.array([e.start_ns for e in step_events], dtype=np.int64)
     ends = np.array([e.end_ns for e in step_events], dtype=np.int64)
 
@@ -250,7 +253,10 @@ def read_kineto(path: Path, refresh_ops: Sequence[str] = DEFAULT_REFRESH_OPS) ->
             by_step[n].append(e)
     for n, step in zip(numbers, step_events, strict=True):
         inside = by_step[n]
-        spans.append(Span("step", Category.STEP, step.start_ns, step.end_ns, TRAINING_TRACK, n))
+        spans.append(
+            Span("step", Category.STEP, step.start_ns, step.end_ns, TRAINING_TRACK, n,
+                 detail=step.name)
+        )  # fmt: skip
         optimizer = [e for e in inside if OPTIMIZER_STEP.match(e.name) and e.tid == main_tid]
         zero = [e for e in inside if ZERO_GRAD.match(e.name) and e.tid == main_tid]
         marked = {
@@ -311,6 +317,7 @@ def read_kineto(path: Path, refresh_ops: Sequence[str] = DEFAULT_REFRESH_OPS) ->
         rank=_int(info.get("rank")),
         world_size=_int(info.get("world_size")),
         steps=numbers,
+        profiler_steps=profiled,
         spans=sorted(spans, key=lambda s: (s.start_ns, s.track)),
         counters=_memory_counters(document["traceEvents"], step_of),
         optimizer_class=optimizer_class,
