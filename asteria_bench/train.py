@@ -460,8 +460,12 @@ def train(
     manager = None if checkpoints is None else checkpoints.manager(rank, world)
     first_step = 1
     if manager is not None and checkpoints is not None and checkpoints.resume:
+        started_ns = recorder.clock()
         first_step = _resume(manager, saved, position, checkpoints.folder)
-        offset_clock(recorder, position)
+        took_ns = recorder.clock() - started_ns
+        offset_clock(recorder, position)  # the trace's clock goes on from the checkpoint's
+        now = recorder.clock()
+        recorder.add_span("resume", Category.IO, now - took_ns, now, step=first_step - 1)
 
     def checkpoint(step: int) -> Path | None:
         assert manager is not None
