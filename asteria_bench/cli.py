@@ -434,6 +434,11 @@ def _resumed_config(resume: Path) -> RunConfig:
     saved = run.staging / "config.json"
     if not saved.is_file():
         raise UserError(f"--resume: {saved} is missing; the run stopped before its first step")
+    from runtime.checkpoint import CHECKPOINTS_DIRNAME, CheckpointManager
+
+    folder = run.staging / CHECKPOINTS_DIRNAME
+    if not CheckpointManager(folder).checkpoints():
+        raise UserError(f"--resume: {folder} holds no checkpoint to resume from")
     cfg = RunConfig()
     apply_mapping(cfg, load_config_file(saved), f"--resume: {saved}")
     return cfg

@@ -314,3 +314,50 @@ def test_adaptive_staleness_state_survives_a_checkpoint() -> None:
     ]
     with pytest.raises(ValueError, match="tau_max 4, this run 3"):
         Adaptive(3).load_state_dict(policy.state_dict())
+
+
+# ------------------------------------------------------------------ fuzzing
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("pristine")
+    CheckpointManager(root).save(1, {"a": Box(sample_state(1)), "b": Box({"n": [1, 2.5]})})
+    return root
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    which=st.sampled_from(["state-rank00000.json", ".metadata", "manifest.json", "distcp"]),
+    cut=st.integers(0, 4096),
+    junk=st.binary(max_size=64),
+    reseal=st.booleans(),
+)
+def test_a_damaged_checkpoint_loads_or_raises_one_checkpoint_error(
+    pristine: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    which: str,
+    cut: int,
+    junk: bytes,
+    reseal: bool,
+) -> None:
+    """Whatever a file holds (resealed, as an attacker would, or not): a load or a CheckpointError."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("fuzz")
+    shutil.copytree(pristine, root, dirs_exist_ok=True)
+    folder = root / "step-00000001"
+    target = next(folder.glob("*.distcp")) if which == "distcp" else folder / which
+    data = target.read_bytes()
+    target.write_bytes(data[: cut % (len(data) + 1)] + junk)
+    if reseal and which != "manifest.json":
+        manifest = json.loads((folder / MANIFEST).read_text())
+        name = target.name
+        manifest["files"][name] = {"bytes": target.stat().st_size, "xxh3_64": _checksum(target)}
+        (folder / MANIFEST).write_text(json.dumps(manifest))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            CheckpointManager(root).load_latest({"a": Box(), "b": Box()})
+        except CheckpointError as exc:
+            assert str(exc).startswith(str(root)), exc

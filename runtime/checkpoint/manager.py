@@ -31,6 +31,7 @@ from typing import Any
 
 import torch
 import xxhash
+from torch.distributed.checkpoint.api import CheckpointException
 
 from runtime.checkpoint.flatten import StateError, dtype_of, flatten, tensor_refs, unflatten
 from runtime.stateful import Stateful
@@ -141,8 +142,8 @@ class CheckpointManager:
                 )
                 + "\n",
             )
-        except (OSError, RuntimeError, StateError) as exc:
-            error = exc
+        except (OSError, RuntimeError, StateError, CheckpointException) as exc:
+            error = exc  # CheckpointException: DCP's, a BaseException, wraps a rank's OSError
         if not self._all_ok(error is None):
             self._discard(staging)
             reason = _reason(error) if error is not None else "another rank could not write"
@@ -261,14 +262,14 @@ class CheckpointManager:
             skeletons = saved["objects"]
             refs = [ref for name in objects for ref in tensor_refs(skeletons[name])]
             targets = {r.key: torch.empty(r.shape, dtype=dtype_of(r.dtype)) for r in refs}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
             raise CheckpointError(f"{skeleton_path}: unreadable ({exc})") from None
         self._load_tensors(targets, checkpoint.path)
         for name, obj in objects.items():
-            state = unflatten(skeletons[name], targets)
             try:
+                state = unflatten(skeletons[name], targets)
                 obj.load_state_dict(state)
-            except (ValueError, KeyError, RuntimeError) as exc:
+            except (ValueError, KeyError, TypeError, IndexError, RuntimeError) as exc:
                 raise CheckpointError(
                     f"{checkpoint.path}: does not fit this run's {name} ({exc})"
                 ) from None
@@ -291,7 +292,7 @@ class CheckpointManager:
                 dcp.load(
                     targets, storage_reader=SafeReader(str(folder)), no_dist=self.world_size == 1
                 )
-        except Exception as exc:  # DCP wraps per-rank failures in CheckpointException
+        except (Exception, CheckpointException) as exc:  # DCP's is a BaseException
             raise CheckpointError(f"{folder}: tensors could not be read ({_reason(exc)})") from None
 
     # ------------------------------------------------------------ collective
@@ -318,6 +319,11 @@ class CheckpointManager:
 def _reason(exc: BaseException | None) -> str:
     if exc is None:
         return "unknown error"
+    failures = getattr(exc, "failures", None)  # DCP: rank -> the exception it met
+    if isinstance(failures, dict) and failures:
+        inner = next(iter(failures.values()))
+        if isinstance(inner, BaseException):
+            return _reason(inner)
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     text = str(exc).strip().splitlines()
