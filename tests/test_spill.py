@@ -372,3 +372,57 @@ def test_bench_nvme_quick(tmp_path: Path) -> None:
         spill, raw, ratio = (float(x) for x in rows[direction][1:])
         assert spill > 0 and raw > 0 and ratio == pytest.approx(spill / raw, rel=0.02, abs=0.01)
     assert files_in(tmp_path) == []
+
+
+def test_a_spill_parent_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    with pytest.raises(SpillError, match="symbolic link"):
+        SpillDirectory(tmp_path / "link")
+    assert not list(real.iterdir())
+
+
+def test_a_spill_parent_of_another_user_is_refused_unless_shared_and_sticky(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runtime.spill import directory
+
+    monkeypatch.setattr(directory.os, "getuid", lambda: os.stat(tmp_path).st_uid + 1)
+    with pytest.raises(SpillError, match="belongs to another user"):
+        SpillDirectory(tmp_path)
+    os.chmod(tmp_path, 0o1777)  # as /tmp: others cannot remove what we make
+    SpillDirectory(tmp_path).close()
+
+
+def test_a_killed_runs_spill_folder_is_reclaimed_and_a_live_ones_kept(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from runtime.spill.owner import OWNER_FILENAME, Owner
+
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    gone = tmp_path / "asteria-spill-dead"
+    gone.mkdir()
+    (gone / "b0.R.spill").write_bytes(b"x" * 4096)
+    me = Owner.this_process()
+    (gone / OWNER_FILENAME).write_text(
+        json.dumps({"host": me.host, "pid": int(dead.stdout), "started": 1.0})
+    )
+    alive = tmp_path / "asteria-spill-alive"
+    alive.mkdir()
+    (alive / OWNER_FILENAME).write_text(
+        json.dumps({"host": me.host, "pid": me.pid, "started": me.started})
+    )
+    unknown = tmp_path / "asteria-spill-unknown"  # no owner record: not ours to judge
+    unknown.mkdir()
+    folder = SpillDirectory(tmp_path)
+    try:
+        assert [r.path for r in folder.reclaimed] == [gone]
+        assert folder.reclaimed[0].nbytes >= 4096
+        assert not gone.exists() and alive.exists() and unknown.exists()
+    finally:
+        folder.close()

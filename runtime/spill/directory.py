@@ -33,6 +33,21 @@ _previous_handlers: dict[int, Any] = {}
 _HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+def _foreign(folder: Path) -> bool:
+    """Owned by another user, unless it is a world-writable sticky folder (/tmp, a scratch disk).
+
+    In a sticky folder others cannot remove or replace what we create; in a
+    folder another user owns, they could swap our spill files underneath us.
+    """
+    if not hasattr(os, "getuid"):
+        return False
+    info = folder.stat()
+    if info.st_uid == os.getuid():
+        return False
+    shared = info.st_mode & stat.S_ISVTX and info.st_mode & stat.S_IWOTH
+    return not shared
+
+
 def _remove_tree(path: str) -> None:
     """Remove ``path``; retried because an I/O thread may add a file meanwhile."""
     for _ in range(3):
@@ -102,9 +117,21 @@ class SpillDirectory:
         cleanup_on_sigint: bool = True,
     ) -> None:
         parent_path = Path(parent).expanduser()
+        if parent_path.is_symlink():
+            raise SpillError(
+                f"spill directory parent {parent_path} is a symbolic link; give the folder it"
+                " points to",
+                path=parent_path,
+            )
         if not parent_path.is_dir():
             what = "does not exist" if not parent_path.exists() else "is not a directory"
             raise SpillError(f"spill directory parent {parent_path} {what}", path=parent_path)
+        if _foreign(parent_path):
+            raise SpillError(
+                f"spill directory parent {parent_path} belongs to another user (and is not a"
+                " shared sticky folder such as /tmp)",
+                path=parent_path,
+            )
         if not os.access(parent_path, os.W_OK | os.X_OK):
             raise SpillError(
                 f"spill directory parent {parent_path} is not writable", path=parent_path
