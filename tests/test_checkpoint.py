@@ -21,7 +21,7 @@ from runtime.checkpoint.flatten import flatten, unflatten
 from runtime.checkpoint.manager import MANIFEST, _checksum
 from runtime.checkpoint.safe_reader import UnsafeCheckpoint, load_index
 from runtime.policies.placement import parse_placement
-from runtime.policies.staleness import Adaptive, Bounded
+from runtime.policies.staleness import Adaptive, Bounded, Sync
 from traces.recorder import Recorder
 
 
@@ -214,46 +214,61 @@ def _steps(model: torch.nn.Module, opt: torch.optim.Optimizer, g: torch.Generato
         opt.step()
 
 
-def _execution(spill: Any, staleness: Any) -> ExecutionConfig:
+def _execution(spill: Any, staleness: Any, placement: str = "pressure:1:2") -> ExecutionConfig:
+    """``pressure:1:2`` with these budgets presses every slot down to NVMe."""
+    tiered = placement != "device"
     return ExecutionConfig(
-        placement=parse_placement("pressure:1:2"),  # everything pressed down to NVMe
-        device_budget_bytes=8000,
-        host_budget_bytes=8000,
-        spill=spill,
+        placement=parse_placement(placement) if tiered else None,
+        device_budget_bytes=8000 if tiered else None,
+        host_budget_bytes=8000 if tiered else None,
+        spill=spill if tiered else None,
         staleness=staleness,
         workers=1,
         recorder=Recorder(),
     )
 
 
+PLACEMENTS = ["device", "lifecycle", "pressure:1:2"]
+STALENESS = {"sync": Sync, "bounded": lambda: Bounded(2)}
+
+
+@pytest.mark.parametrize("staleness", sorted(STALENESS))
+@pytest.mark.parametrize("placement", PLACEMENTS)
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_optimizer_checkpoint_holds_every_tier_and_resumes_bitwise(
-    name: str, tmp_path: Path
+    name: str, placement: str, staleness: str, tmp_path: Path
 ) -> None:
-    """Saved mid-run with state on NVMe and refreshes in flight, loaded into a fresh optimizer."""
+    """Saved mid-run (state on its tiers, refreshes in flight), loaded into a fresh optimizer.
+
+    Every optimizer x placement x staleness policy; adaptive staleness, whose
+    choices follow measured times, is resumed against a replay of its choices
+    in ``tests/test_resume.py``.
+    """
     from runtime.spill import SpillStore
 
     cls, kwargs = OPTIMIZERS[name]
-    spills = [
-        SpillStore(tmp_path / f"s{i}") if (tmp_path / f"s{i}").mkdir() is None else None
-        for i in range(2)
-    ]
+    spills = []
+    for i in range(2):
+        (tmp_path / f"s{i}").mkdir()
+        spills.append(SpillStore(tmp_path / f"s{i}"))
     model = _model()
     g = torch.Generator().manual_seed(1)
-    opt = cls(model.parameters(), **kwargs, execution=_execution(spills[0], Bounded(2)))
+    policy = STALENESS[staleness]
+    opt = cls(model.parameters(), **kwargs, execution=_execution(spills[0], policy(), placement))
     try:
         _steps(model, opt, g, 7)
         manager = CheckpointManager(tmp_path / "ck")
         manager.save(7, {"model": model, "optimizer": opt, "data": Box({"g": g.get_state()})})
         tiers = opt.state_dict()["tiers"]
-        assert "nvme" in {t for slots in tiers.values() for t in slots.values()}
+        if placement.startswith("pressure"):
+            assert "nvme" in {t for slots in tiers.values() for t in slots.values()}
         _steps(model, opt, g, 5)
         reference = [p.detach().clone() for p in model.parameters()]
     finally:
         opt.close()
     model2 = _model()
     torch.manual_seed(123)  # nothing of the fresh run's own init may survive the load
-    opt2 = cls(model2.parameters(), **kwargs, execution=_execution(spills[1], Bounded(2)))
+    opt2 = cls(model2.parameters(), **kwargs, execution=_execution(spills[1], policy(), placement))
     data = Box()
     try:
         manager.load_latest({"model": model2, "optimizer": opt2, "data": data})
