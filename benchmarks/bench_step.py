@@ -145,11 +145,14 @@ def hyperparameters(name: str) -> dict:
     return resolved_optimizer(optim)
 
 
-def our_candidate(bench: Bench, label: str, name: str, *, batched: bool = False) -> Candidate:
+def our_candidate(
+    bench: Bench, label: str, name: str, *, batched: bool = False, compile: bool = False
+) -> Candidate:
     model = bench.new_model()
     hp = hyperparameters(name)
     groups = optimizer_parameter_groups(name, model, hp["weight_decay"])
-    optimizer = build_optimizer(name, groups, hp, ExecutionConfig(batched=batched))
+    execution = ExecutionConfig(batched=batched or compile, compile=compile)
+    optimizer = build_optimizer(name, groups, hp, execution)
     if name in ("adamw", "muon"):
         return Candidate(label, model, optimizer, set_refresh=None)
 
@@ -370,7 +373,9 @@ def batched_table(pairs: list[tuple[Candidate, Candidate]], frequency: int) -> s
         total_b = batched.hot + batched.refresh / frequency
         rows.append(
             [
-                per_block.label,
+                batched.label.replace(" batched", "", 1)
+                if "compile" not in batched.label
+                else batched.label,
                 fmt(per_block.hot, 3),
                 fmt(batched.hot, 3),
                 fmt(batched.hot / per_block.hot),
@@ -423,6 +428,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--context", type=int, default=GPTConfig.context)
     parser.add_argument("--no-heavyball", action="store_true", help="skip the heavyball table")
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time the batched path under torch.compile (ExecutionConfig(compile=True))",
+    )
+    parser.add_argument(
         "--device", default="cpu", choices=["cpu", "cuda"], help="where to step (default cpu)"
     )
     parser.add_argument(
@@ -468,6 +478,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Muon: torch {torch.__version__} has no torch.optim.Muon; skipping it.")
     ours = [our_candidate(bench, label, name) for label, name in OURS]
     batched = [our_candidate(bench, f"{label} batched", name, batched=True) for label, name in OURS]
+    if args.compile:  # compiled during warm-up, outside the timed rounds
+        batched += [
+            our_candidate(bench, f"{label} batched+compile", name, compile=True)
+            for label, name in OURS
+        ]
     peers: list[Candidate] = []
     notes: list[str] = []
     if not args.no_heavyball:
@@ -492,7 +507,8 @@ def main(argv: list[str] | None = None) -> int:
     print(vs_adamw_table([*baselines, *ours, *batched, *peers], adamw, args.frequency))
     print()
     print("Batched execution (ExecutionConfig(batched=True)) vs per block (goal: ratio <= 1.00)")
-    print(batched_table(list(zip(ours, batched, strict=True)), args.frequency))
+    pairs = [(o, b) for b in batched for o in ours if b.label.split(" batched")[0] == o.label]
+    print(batched_table(pairs, args.frequency))
     if peers:
         by_label = {c.label: c for c in ours}
         pairs = [(by_label[p.label.removeprefix("heavyball ")], p) for p in peers]

@@ -49,6 +49,10 @@ class ExecutionConfig:
       kernel sequence per group instead of per block (``runtime.optim.batched``);
       same math, fewer launches. Off by default until measured at least as
       fast on the hardware at hand.
+    - ``compile``: run the batched hot path (statistics and preconditioning of
+      every group) through ``torch.compile``, which fuses each phase's
+      elementwise kernels; needs ``batched``. Same math to round-off; whether it
+      is faster is measured (``bench_step.py``), not assumed.
     """
 
     staleness: StalenessPolicy = field(default_factory=Sync)
@@ -64,6 +68,7 @@ class ExecutionConfig:
     recorder: Recorder = field(default=NULL_RECORDER, compare=False, repr=False)
     trace_blocks: bool = True
     batched: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -72,6 +77,8 @@ class ExecutionConfig:
             raise ValueError(f"root_device must be one of {ROOT_DEVICES}, got {self.root_device!r}")
         if self.batched and self.parallel is not None:
             raise ValueError("batched=True does not support parallel yet (owners are per block)")
+        if self.compile and not self.batched:
+            raise ValueError("compile=True compiles the batched hot path: it needs batched=True")
 
     def describe(self) -> dict[str, str]:
         """Policies as plain strings, for run metadata."""
@@ -83,6 +90,8 @@ class ExecutionConfig:
         out["stagger"] = "on" if self.stagger else "off"
         if self.batched:
             out["batched"] = "on"
+        if self.compile:
+            out["compile"] = "on"
         if self.parallel is not None:
             out["parallel"] = self.parallel.update_mode
             out["world_size"] = str(self.parallel.context.world_size)

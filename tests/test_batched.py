@@ -203,3 +203,33 @@ def test_batched_inverse_root_is_the_float64_eigh_root() -> None:
             lam = lam - lam.min() + 1e-3
         expected = (q * lam.pow(-0.25)) @ q.T
         assert relative_error(roots[i], expected) < 1e-10
+
+
+# ---------------------------------------------------------------- compile
+
+
+def test_compile_needs_batched() -> None:
+    with pytest.raises(ValueError, match=r"compile=True .* needs batched=True"):
+        ExecutionConfig(compile=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(CLASSES))
+def test_compiled_hot_path_equals_per_block(name: str) -> None:
+    """``torch.compile`` of the batched phases, with the learning rate changing every step."""
+    shapes = [(6, 6), (6, 6), (5,), (4, 3)]
+    generator_seed = 5
+    runs = []
+    for execution in (ExecutionConfig(), ExecutionConfig(batched=True, compile=True)):
+        generator = torch.Generator().manual_seed(generator_seed)
+        params = [torch.nn.Parameter(torch.randn(s, generator=generator)) for s in shapes]
+        optimizer = CLASSES[name](params, **HPARAMS[name], execution=execution)
+        for step in range(8):
+            for group in optimizer.param_groups:
+                group["lr"] = 1e-2 / (1 + step)
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=generator)
+            optimizer.step()
+        runs.append([p.detach().clone() for p in params])
+    for index, (a, b) in enumerate(zip(runs[1], runs[0], strict=True)):
+        assert relative_error(a, b) <= 1e-6, f"{name} param {index}"

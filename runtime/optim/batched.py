@@ -131,6 +131,13 @@ class BatchedStepper:
         self.rule: BatchedRule = RULES[optimizer.spec.name]
         self.groups = group_blocks(optimizer)
         self.persistent = optimizer.execution.placement is None
+        self.statistics = self.rule.statistics
+        self.precondition = self.rule.precondition
+        if optimizer.execution.compile:
+            # Floats (lr, bias corrections) are graph inputs where torch does not
+            # specialize them (torch >= 2.6); older versions recompile per value.
+            self.statistics = torch.compile(self.rule.statistics)
+            self.precondition = torch.compile(self.rule.precondition)
 
     # ------------------------------------------------------------------ step
     def step(self) -> None:
@@ -222,10 +229,10 @@ class BatchedStepper:
         for phase in opt.spec.phases:
             if phase is Phase.STATISTICS:
                 with self._span("factor_update", bg, len(blocks)):
-                    self.rule.statistics(slots, g, group, t)
+                    self.statistics(slots, g, group, t)
             elif phase is Phase.PRECONDITION:
                 with self._span("precondition", bg, len(blocks)):
-                    self.rule.precondition(slots, w, g, group, t)
+                    self.precondition(slots, w, g, group, t)
             elif phase is Phase.INSTALL:
                 due = [opt.pipeline.take_due(b.id, t, bg.key.device) for b in blocks]
                 if any(due):
