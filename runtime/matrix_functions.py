@@ -18,6 +18,7 @@ import torch
 __all__ = [
     "EighFailure",
     "check_fp32_matmul_precision",
+    "coupled_newton_inverse_root",
     "eigenbasis",
     "eigh_with_retry",
     "inverse_root",
@@ -135,3 +136,42 @@ def qr_refresh(a: torch.Tensor, q_prev: torch.Tensor) -> torch.Tensor:
     """
     q, _ = torch.linalg.qr(a @ q_prev)
     return q.contiguous()  # LAPACK returns column-major; tiers store row-major
+
+
+def coupled_newton_inverse_root(
+    a: torch.Tensor,
+    root: int,
+    epsilon: float,
+    *,
+    max_iterations: int = 100,
+    tolerance: float = 1e-6,
+) -> torch.Tensor:
+    """(A + ε·I)^(-1/root) by the coupled Newton iteration: matrix products only.
+
+    For a GPU stream, where ``eigh`` is slow and synchronizes: with
+    z = (1 + root) / (2·‖A + εI‖_F), X₀ = z^(1/root)·I and M₀ = z·(A + εI),
+    each step takes T = ((root + 1)·I − M) / root, X ← X·T, M ← T^root·M, until
+    ‖M − I‖_∞ ≤ ``tolerance`` (then X = (A + εI)^(-1/root)). Works on a batch
+    (leading dims) as on one matrix; the check of convergence reads the largest
+    error over the batch. Unlike ``inverse_root`` the ridge ε is always added
+    (Distributed Shampoo's Newton convention), so the two agree where ε is small
+    against the spectrum. Raises ``EighFailure`` (the callers' "keep the previous
+    root") when the result is not finite.
+    """
+    if not (isinstance(root, int) and root >= 1):
+        raise ValueError(f"root must be a positive integer, got {root}")
+    n = a.shape[-1]
+    eye = torch.eye(n, dtype=a.dtype, device=a.device)
+    ridged = symmetrize(a) + epsilon * eye
+    z = (1.0 + root) / (2.0 * torch.linalg.matrix_norm(ridged, keepdim=True))
+    x = z.pow(1.0 / root) * eye
+    m = z * ridged
+    for _ in range(max_iterations):
+        t = ((root + 1.0) * eye - m) / root
+        x = x @ t
+        m = torch.linalg.matrix_power(t, root) @ m
+        if float((m - eye).abs().amax()) <= tolerance:
+            break
+    if not is_finite(x):
+        raise EighFailure("coupled Newton inverse root is not finite")
+    return x

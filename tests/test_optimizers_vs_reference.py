@@ -294,6 +294,7 @@ def test_llm_defaults_match_reference(name: str) -> None:
     gradient scales (the derived c0 follows the scale; a fixed one would not)."""
     hparams = defaults_of(name)
     if name == "Shampoo":
+        assert hparams.pop("root_solver") == "eigh"  # §2.2, what the reference computes
         assert hparams["betas"][1] < 1.0 and hparams["grafting"] == "adam"
         assert hparams["precondition_frequency"] > 1
     else:

@@ -24,9 +24,13 @@ from typing import Any
 
 import torch
 
-from runtime.matrix_functions import EighFailure, inverse_root, symmetrize
+from runtime.matrix_functions import EighFailure, symmetrize
 from runtime.optim.kl_shampoo import clamp_floor
-from runtime.optim.shampoo import ShampooRefreshInputs, ShampooRefreshResult
+from runtime.optim.shampoo import (
+    ShampooRefreshInputs,
+    ShampooRefreshResult,
+    matrix_inverse_root,
+)
 from runtime.optim.soap import BasisRefreshInputs, BasisRefreshResult
 
 Slots = dict[str, torch.Tensor | None]
@@ -204,7 +208,7 @@ def shampoo_precondition(
 
 
 def shampoo_refresh_batched(inputs: ShampooRefreshInputs) -> list[ShampooRefreshResult]:
-    """invroot(L/c2), invroot(R/c2) by one batched eigh per side.
+    """invroot(L/c2), invroot(R/c2) by one batched eigh (or Newton iteration) per side.
 
     Blocks whose factor is not finite get no root (kept by the install, counted
     as a failure); a block whose batched root is not finite is retried alone
@@ -218,19 +222,21 @@ def shampoo_refresh_batched(inputs: ShampooRefreshInputs) -> list[ShampooRefresh
         eye = torch.eye(factor.shape[-1], dtype=factor.dtype, device=factor.device)
         safe = torch.where(finite[:, None, None], factor, eye)
         try:
-            roots: torch.Tensor | None = batched_inverse_root(
-                safe, inputs.root_exponent, inputs.eps
+            roots: torch.Tensor | None = (
+                matrix_inverse_root(safe, inputs)
+                if inputs.solver == "newton"
+                else batched_inverse_root(safe, inputs.root_exponent, inputs.eps)
             )
             assert roots is not None
             ok = (finite & finite_blocks(roots)).tolist()
-        except RuntimeError:  # the batched eigh did not converge: every block alone
+        except (RuntimeError, EighFailure):  # the batch failed: every block alone
             roots, ok = None, [False] * n
         for i, (good, is_finite) in enumerate(zip(ok, finite.tolist(), strict=True)):
             if good and roots is not None:
                 setattr(results[i], f"{side}_root", roots[i])
             elif is_finite:
                 try:
-                    root = inverse_root(factor[i], inputs.root_exponent, inputs.eps)
+                    root = matrix_inverse_root(factor[i], inputs)
                 except EighFailure:
                     continue
                 setattr(results[i], f"{side}_root", root)

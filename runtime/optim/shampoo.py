@@ -18,7 +18,12 @@ import torch
 from runtime.blocking import Block
 from runtime.distributed.packing import FieldLayout, ResultLayout
 from runtime.execution import ExecutionConfig
-from runtime.matrix_functions import EighFailure, inverse_root, is_finite
+from runtime.matrix_functions import (
+    EighFailure,
+    coupled_newton_inverse_root,
+    inverse_root,
+    is_finite,
+)
 from runtime.optim.base import BlockedOptimizer, check_positive, check_probability
 from runtime.plan.spec import SHAMPOO, BlockConfig
 from runtime.state import SlotKind, slot
@@ -45,6 +50,7 @@ class ShampooRefreshInputs:
     bias_correction2: float
     root_exponent: float
     eps: float
+    solver: str = "eigh"
 
 
 @dataclass
@@ -55,6 +61,20 @@ class ShampooRefreshResult:
     R_root: torch.Tensor | None = None
 
 
+ROOT_SOLVERS = ("eigh", "newton")
+
+
+def matrix_inverse_root(factor: torch.Tensor, inputs: ShampooRefreshInputs) -> torch.Tensor:
+    """The inverse root of one factor (or a stack) by the configured solver.
+
+    ``eigh`` is §2.2 (spectrum shifted only where min λ < ε); ``newton`` is the
+    matmul-only coupled Newton iteration on A + ε·I, for a GPU stream.
+    """
+    if inputs.solver == "newton":
+        return coupled_newton_inverse_root(factor, int(inputs.root_exponent), inputs.eps)
+    return inverse_root(factor, inputs.root_exponent, inputs.eps)
+
+
 def compute_shampoo_roots(inputs: ShampooRefreshInputs) -> ShampooRefreshResult:
     """invroot(L/c2) and invroot(R/c2); pure, safe to run on any thread."""
     result = ShampooRefreshResult()
@@ -63,7 +83,7 @@ def compute_shampoo_roots(inputs: ShampooRefreshInputs) -> ShampooRefreshResult:
         if not is_finite(factor):
             continue
         try:
-            root = inverse_root(factor / inputs.bias_correction2, inputs.root_exponent, inputs.eps)
+            root = matrix_inverse_root(factor / inputs.bias_correction2, inputs)
         except EighFailure:
             continue
         setattr(result, f"{side}_root", root)
@@ -101,11 +121,18 @@ class Shampoo(BlockedOptimizer):
         grafting_beta2: float = 0.999,
         grafting_eps: float = 1e-8,
         bias_correction: bool = True,
+        root_solver: str = "eigh",
         *,
         execution: ExecutionConfig | None = None,
     ) -> None:
         check_probability("betas[0]", betas[0])
         check_probability("betas[1]", betas[1], allow_one=True)
+        if root_solver not in ROOT_SOLVERS:
+            raise ValueError(f"root_solver must be one of {ROOT_SOLVERS}, got {root_solver!r}")
+        if root_solver == "newton" and root_exponent != int(root_exponent):
+            raise ValueError(
+                f"root_solver 'newton' needs an integer root_exponent, got {root_exponent}"
+            )
         check_probability("grafting_beta2", grafting_beta2)
         check_positive("eps", eps)
         check_positive("grafting_eps", grafting_eps)
@@ -136,6 +163,7 @@ class Shampoo(BlockedOptimizer):
             grafting_beta2=grafting_beta2,
             grafting_eps=grafting_eps,
             bias_correction=bias_correction,
+            root_solver=root_solver,
         )
         super().__init__(params, defaults, execution=execution)
 
@@ -189,7 +217,14 @@ class Shampoo(BlockedOptimizer):
         assert state.L is not None and state.R is not None
         beta2 = group["betas"][1]
         c2 = 1.0 - beta2**t if (group["bias_correction"] and beta2 < 1.0) else 1.0
-        return ShampooRefreshInputs(state.L, state.R, c2, group["root_exponent"], group["eps"])
+        return ShampooRefreshInputs(
+            state.L,
+            state.R,
+            c2,
+            group["root_exponent"],
+            group["eps"],
+            group.get("root_solver", "eigh"),
+        )
 
     def _precondition(
         self,
