@@ -39,7 +39,14 @@ import torch
 
 from runtime.blocking import Block, block_view, matrix_view
 from runtime.optim.adamw import init_adamw_state
-from runtime.optim.batched_rules import RULES, BatchedRule, Slots, adamw_step_foreach
+from runtime.optim.batched_rules import (
+    RULES,
+    BatchedRule,
+    Slots,
+    Update,
+    adamw_step_foreach,
+    apply_updates,
+)
 from runtime.plan.spec import Phase
 from runtime.refresh import JobOutcome, RefreshJob, ResultHandle, map_tensors
 from traces.schema import Category
@@ -149,6 +156,7 @@ class BatchedStepper:
                     prepared = self._prepare(p, group)
                     if prepared is not None:
                         active[opt._param_index[id(p)]] = prepared
+        updates: list[tuple[list[torch.Tensor], Update]] = []
         for bg in self.groups:
             by_t: dict[int, list[Block]] = {}
             for block in bg.blocks:
@@ -156,9 +164,10 @@ class BatchedStepper:
                     by_t.setdefault(active[block.param_index].t, []).append(block)
             for t, blocks in by_t.items():
                 if bg.key.is_matrix:
-                    self._matrix_group(bg, blocks, t, active)
+                    self._matrix_group(bg, blocks, t, active, updates)
                 else:
                     self._vector_group(bg, blocks, t, active)
+        apply_updates(updates)
 
     def _prepare(self, p: torch.Tensor, group: dict[str, Any]) -> _Active | None:
         """The per-parameter part of a step: checks, first-call init, the step counter."""
@@ -216,8 +225,14 @@ class BatchedStepper:
 
     # ------------------------------------------------------------- matrices
     def _matrix_group(
-        self, bg: BlockGroup, blocks: list[Block], t: int, active: dict[int, _Active]
+        self,
+        bg: BlockGroup,
+        blocks: list[Block],
+        t: int,
+        active: dict[int, _Active],
+        updates: list[tuple[list[torch.Tensor], Update]],
     ) -> None:
+        """The group's phases; its parameter update goes to ``updates`` (applied after all)."""
         opt = self.optimizer
         group = opt.param_groups[bg.key.param_group]
         config = opt._block_config(group)
@@ -232,7 +247,7 @@ class BatchedStepper:
                     self.statistics(slots, g, group, t)
             elif phase is Phase.PRECONDITION:
                 with self._span("precondition", bg, len(blocks)):
-                    self.precondition(slots, w, g, group, t)
+                    updates.append((w, self.precondition(slots, w, g, group, t)))
             elif phase is Phase.INSTALL:
                 due = [opt.pipeline.take_due(b.id, t, bg.key.device) for b in blocks]
                 if any(due):

@@ -4,9 +4,9 @@ A group of n blocks of shape (a, b) holds every slot as one tensor with a
 leading block axis: factors (n, a, a), moments (n, a, b), eigenvalue vectors
 (n, a). Each function here is the per-block rule of ``runtime.optim.soap``,
 ``shampoo``, ``kl_shampoo`` or ``adamw`` with 2-D matmuls replaced by batched
-ones (``@`` on 3-D tensors, ``baddbmm_``), per-block norms taken over the last
-two axes and the parameter update applied with ``torch._foreach_*`` to the
-blocks' views. The operations are the same and in the same order, so a group
+ones (``@`` on 3-D tensors, ``baddbmm_``) and per-block norms taken over the
+last two axes; the preconditioning returns the group's update, which the
+stepper applies with ``torch._foreach_*`` to all groups' block views at once. The operations are the same and in the same order, so a group
 step equals the per-block steps to round-off (bitwise where the batched
 kernel sums in the same order).
 
@@ -56,16 +56,30 @@ def rotate_out(x: torch.Tensor, ql: torch.Tensor | None, qr: torch.Tensor | None
     return x
 
 
-def apply_update(
-    w: list[torch.Tensor], direction: torch.Tensor, alpha: float, decay: float
-) -> None:
-    """W ← W + α·D, then W ← W − decay·W (decoupled), on every block view at once."""
-    parts = list(direction.unbind(0))
-    if parts[0].dtype != w[0].dtype:
-        parts = [p.to(w[0].dtype) for p in parts]
-    torch._foreach_add_(w, parts, alpha=alpha)
-    if decay > 0.0:
-        torch._foreach_add_(w, w, alpha=-decay)
+Update = tuple[torch.Tensor, float, float]
+"""A group's parameter update: the stacked direction D, α and the decay (see ``apply_updates``)."""
+
+
+def apply_updates(updates: list[tuple[list[torch.Tensor], Update]]) -> None:
+    """W ← W + α·D, then W ← W − decay·W (decoupled), for every block view of every group.
+
+    Groups with the same α, decay, dtype and device share one ``_foreach`` call:
+    a step's parameter updates are a couple of kernels whatever the group count.
+    Applied after all groups' phases, which is exact: a block's parameter is
+    read only by its own group's preconditioning, before its own update.
+    """
+    batches: dict[tuple[float, float, torch.dtype, torch.device], tuple[list, list]] = {}
+    for w, (direction, alpha, decay) in updates:
+        parts = list(direction.unbind(0))
+        if parts[0].dtype != w[0].dtype:
+            parts = [p.to(w[0].dtype) for p in parts]
+        views, deltas = batches.setdefault((alpha, decay, w[0].dtype, w[0].device), ([], []))
+        views.extend(w)
+        deltas.extend(parts)
+    for (alpha, decay, _, _), (views, deltas) in batches.items():
+        torch._foreach_add_(views, deltas, alpha=alpha)
+        if decay > 0.0:
+            torch._foreach_add_(views, views, alpha=-decay)
 
 
 def finite_blocks(x: torch.Tensor) -> torch.Tensor:
@@ -109,7 +123,7 @@ def adamw_step_foreach(
 # -------------------------------------------------------------------- SOAP
 def soap_precondition(
     s: Slots, w: list[torch.Tensor], g: torch.Tensor, group: dict[str, Any], t: int
-) -> None:
+) -> Update:
     m, v = s["M"], s["V"]
     assert m is not None and v is not None
     beta1, beta2 = group["betas"]
@@ -123,7 +137,7 @@ def soap_precondition(
     if group["normalize_grads"]:
         rms = direction.square().mean(dim=(-2, -1), keepdim=True).sqrt()
         direction = direction / (1e-30 + rms)
-    apply_update(w, direction, -step_size, group["lr"] * group["weight_decay"])
+    return direction, -step_size, group["lr"] * group["weight_decay"]
 
 
 def soap_statistics(s: Slots, g: torch.Tensor, group: dict[str, Any], t: int) -> None:
@@ -184,7 +198,7 @@ def shampoo_statistics(s: Slots, g: torch.Tensor, group: dict[str, Any], t: int)
 
 def shampoo_precondition(
     s: Slots, w: list[torch.Tensor], g: torch.Tensor, group: dict[str, Any], t: int
-) -> None:
+) -> Update:
     m, left_root, right_root = s["M"], s["L_root"], s["R_root"]
     assert m is not None and left_root is not None and right_root is not None
     beta1 = group["betas"][0]
@@ -204,7 +218,7 @@ def shampoo_precondition(
             )
     if group["weight_decay"] > 0.0:
         direction = direction.add(torch.stack(w).to(direction.dtype), alpha=group["weight_decay"])
-    apply_update(w, direction, -group["lr"], 0.0)
+    return direction, -group["lr"], 0.0
 
 
 def shampoo_refresh_batched(inputs: ShampooRefreshInputs) -> list[ShampooRefreshResult]:
@@ -254,7 +268,7 @@ def batched_inverse_root(a: torch.Tensor, root: float, epsilon: float) -> torch.
 # -------------------------------------------------------------- KL-Shampoo
 def kl_precondition(
     s: Slots, w: list[torch.Tensor], g: torch.Tensor, group: dict[str, Any], t: int
-) -> None:
+) -> Update:
     m, d_left, d_right = s["M"], s["dL"], s["dR"]
     assert m is not None and d_left is not None and d_right is not None
     beta1 = group["betas"][0]
@@ -262,7 +276,7 @@ def kl_precondition(
     m_rot = rotate_in(m, s["QL"], s["QR"])
     scale = (d_left.unsqueeze(-1) * d_right.unsqueeze(-2)).sqrt_().add_(group["eps"])
     direction = rotate_out(m_rot / scale, s["QL"], s["QR"])
-    apply_update(w, direction, -group["lr"], group["lr"] * group["weight_decay"])
+    return direction, -group["lr"], group["lr"] * group["weight_decay"]
 
 
 def kl_statistics(s: Slots, g: torch.Tensor, group: dict[str, Any], t: int) -> None:
@@ -294,7 +308,7 @@ class BatchedRule:
 
     slots: tuple[str, ...]
     statistics: Callable[[Slots, torch.Tensor, dict[str, Any], int], None]
-    precondition: Callable[[Slots, list[torch.Tensor], torch.Tensor, dict[str, Any], int], None]
+    precondition: Callable[[Slots, list[torch.Tensor], torch.Tensor, dict[str, Any], int], Update]
     refresh: Callable[[Any], list[Any]]
 
 
