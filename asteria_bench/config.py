@@ -187,7 +187,8 @@ def resolved_config(
     The optimizer section holds the resolved hyperparameters of the chosen
     optimizer (preset overlaid with what the user set; SOAP's and KL-Shampoo's
     factor β spelled out) and leaves out those it does not use; ``None``
-    remains only where it is itself the value used (``block_size``: unblocked).
+    remains only where it is itself the value used (``block_size``: unblocked;
+    ``eigenvalue_init``: KL-Shampoo's c0 taken from each block's first gradient).
     Fed back with ``run --config RUN/config.json`` it reproduces the run.
     """
     out = config.to_dict()

@@ -278,7 +278,9 @@ def test_config_json_is_complete_and_reproduces_the_run(tmp_path: Path, optimize
     assert run_cli(["run", *args, "--out", str(first), *TINY]) == 0
     config = json.loads((first / "config.json").read_text())
     optim = config["optim"]
-    assert all(v is not None for k, v in optim.items() if k != "block_size"), optim
+    # None where it is itself the value used: unblocked, KL-Shampoo's c0 from the gradient
+    null_values = ("block_size", "eigenvalue_init")
+    assert all(v is not None for k, v in optim.items() if k not in null_values), optim
     assert {"lr", "beta1", "beta2", "eps", "weight_decay"} <= set(optim)
     if optimizer in ("soap", "kl-shampoo"):
         assert optim["shampoo_beta"] == optim["beta2"]
