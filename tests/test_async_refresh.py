@@ -131,15 +131,24 @@ def test_slow_workers_make_the_step_wait_and_the_bound_holds(
     assert taus and max(taus) <= 2 and min(taus) == 2
 
 
-def test_worker_exception_surfaces_with_block_and_version(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_worker_failing_every_time_stops_the_run_naming_block_and_version(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One failed refresh is rejected (tests/test_faults.py); three in a row are a bug."""
+
     def broken(inputs: object) -> object:
         raise FloatingPointError("synthetic failure")
 
     monkeypatch.setattr(SOAP, "compute_refresh", broken)
-    with pytest.raises(
-        RefreshError, match=r"block p\d+\.r0\.c0 version 3 failed.*synthetic failure"
+    with (
+        pytest.warns(UserWarning, match="keeps its previous preconditioner"),
+        pytest.raises(
+            RefreshError,
+            match=r"block p\d+\.r0\.c0 failed 3 times in a row, last at version \d+:"
+            r".*synthetic failure",
+        ),
     ):
-        train("soap", ExecutionConfig(staleness=Bounded(1), workers=1), steps=10)
+        train("soap", ExecutionConfig(staleness=Bounded(1), workers=1), steps=12)
     assert not [t for t in threading.enumerate() if t.name.startswith("refresh-worker")]
 
 

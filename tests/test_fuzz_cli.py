@@ -25,7 +25,7 @@ FUZZ = settings(
 )
 BAD = st.sampled_from(
     ["", " ", "-1", "0", "1e309", "nan", "inf", "-inf", "abc", "1.5", "99999999999999999999",
-     "none", "100000000", "/no/such/path", "bounded:", "pressure:1", "2GiBB", "sync,", ",", "\u00e9"]
+     "none", "100000000", "/proc/no/such/path", "bounded:", "pressure:1", "2GiBB", "sync,", ",", "\u00e9"]
 )  # fmt: skip
 RUN_OPTIONS = [  # not --steps: a huge valid count is a long run, not a bad input
     "--optimizer", "--seed", "--device", "--batch-size", "--eval-every",

@@ -24,7 +24,7 @@ FUZZ = settings(
 )
 BAD = st.sampled_from(
     ["", " ", "-1", "0", "1e309", "nan", "inf", "abc", "1.5", "99999999999999999999",
-     "/no/such/path", "bounded:", "sync,", ",", "\u00e9", "table,csv", "40GiBB"]
+     "/proc/no/such/path", "bounded:", "sync,", ",", "\u00e9", "table,csv", "40GiBB"]
 )  # fmt: skip
 counter = itertools.count()
 

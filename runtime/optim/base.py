@@ -33,6 +33,7 @@ from runtime.plan.kinds import SlotKind
 from runtime.plan.ownership import Assignment, BlockWork, assign_owners
 from runtime.plan.spec import BlockConfig, OptimizerSpec, Phase
 from runtime.refresh import LocalPublisher, Publisher, RefreshPipeline, build_pipeline
+from runtime.refresh.executors import RefreshError
 from runtime.state import DeviceStateStore, StateStore
 from runtime.stateful import Stateful
 from traces.schema import Category
@@ -105,6 +106,7 @@ class BlockedOptimizer(torch.optim.Optimizer):
         self._ordinal: dict[str, int] = {}
         self._active_version: dict[str, int] = {}
         self.rejected_refreshes = 0  # refreshes that raised or were not finite (previous kept)
+        self._rejected_in_a_row: dict[str, int] = {}
         self.blocks: list[Block] = []
         self._param_blocks: dict[int, list[Block]] = {}
         self._param_index: dict[int, int] = {}
@@ -488,6 +490,7 @@ class BlockedOptimizer(torch.optim.Optimizer):
                 self._install(block, state, item.result)
             self._recorder.counter("staleness", t - item.version, step=self._calls, key=block.id)
             self._active_version[block.id] = item.version
+            self._rejected_in_a_row.pop(block.id, None)
 
     def _reject(self, block: Block, version: int, reason: str) -> None:
         """A refresh that raised or is not finite: keep the block's previous preconditioner.
@@ -508,6 +511,13 @@ class BlockedOptimizer(torch.optim.Optimizer):
         )
         self.rejected_refreshes += 1
         self._recorder.counter("refresh_rejected", self.rejected_refreshes, step=self._calls)
+        in_a_row = self._rejected_in_a_row.get(block.id, 0) + 1
+        self._rejected_in_a_row[block.id] = in_a_row
+        if in_a_row >= MAX_REJECTED_IN_A_ROW:  # not a fault any more: a bug, or broken input
+            raise RefreshError(
+                f"refresh of block {block.id} failed {in_a_row} times in a row, last at version"
+                f" {version}: {reason}"
+            )
         if self.rejected_refreshes == 1:
             warnings.warn(f"{reason}; the block keeps its previous preconditioner", stacklevel=3)
 
@@ -532,6 +542,10 @@ class BlockedOptimizer(torch.optim.Optimizer):
         out["pending_refreshes"] = self.pipeline.state_dict()
         out["optimizer_calls"] = self._calls
         out["active_versions"] = dict(self._active_version)
+        out["rejected"] = {
+            "total": self.rejected_refreshes,
+            "in_a_row": dict(self._rejected_in_a_row),
+        }
         staleness = self.execution.staleness
         if isinstance(staleness, Stateful):  # adaptive: its choices and measurements
             out["staleness"] = staleness.state_dict()
@@ -540,6 +554,9 @@ class BlockedOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         blocks = state_dict.pop("blocks", {})
+        rejected = state_dict.pop("rejected", {"total": 0, "in_a_row": {}})
+        self.rejected_refreshes = int(rejected["total"])
+        self._rejected_in_a_row = {str(k): int(v) for k, v in rejected["in_a_row"].items()}
         tiers = state_dict.pop("tiers", None)
         staleness = state_dict.pop("staleness", None)
         pending = state_dict.pop("pending_refreshes", [])
@@ -565,6 +582,10 @@ class BlockedOptimizer(torch.optim.Optimizer):
         for p in params:
             if "step" in self.state[p]:
                 self.state[p]["step"] = int(self.state[p]["step"])
+
+
+MAX_REJECTED_IN_A_ROW = 3
+"""Refreshes of one block rejected in a row before the run stops: one is a fault, three a bug."""
 
 
 class _NoSpan:
