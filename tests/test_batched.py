@@ -8,6 +8,7 @@ refreshes are batched per group but installed per block.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -278,3 +279,21 @@ def test_checkpoint_of_a_batched_optimizer_resumes_bitwise(name: str, tmp_path: 
     optimizer.close()
     for a, b in zip(params, expected, strict=True):
         assert torch.equal(a.detach(), b)
+
+
+def test_a_failing_group_refresh_is_rejected_per_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A group job that raises on its worker: every block of the group keeps its previous
+    basis (the per-block rejection, counted once per block) and the run goes on."""
+    from runtime.optim import batched_rules
+
+    def fail(inputs: Any) -> list[Any]:
+        raise FloatingPointError("synthetic failure")
+
+    monkeypatch.setitem(
+        batched_rules.RULES,
+        "soap",
+        dataclasses.replace(batched_rules.RULES["soap"], refresh=fail),
+    )
+    execution = ExecutionConfig(batched=True, staleness=Bounded(1), workers=1)
+    _, optimizer = run("SOAP", [(4, 4), (4, 4)], HPARAMS["SOAP"], execution, steps=5)
+    assert optimizer.rejected_refreshes == 2  # t = 3's refresh, due at t = 4, both blocks

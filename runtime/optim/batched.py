@@ -248,14 +248,14 @@ class BatchedStepper:
             elif phase is Phase.PRECONDITION:
                 with self._span("precondition", bg, len(blocks)):
                     updates.append((w, self.precondition(slots, w, g, group, t)))
-            elif phase is Phase.INSTALL:
-                due = [opt.pipeline.take_due(b.id, t, bg.key.device) for b in blocks]
-                if any(due):
-                    self._scatter(bg, states, slots)
-                    for block, state, items in zip(blocks, states, due, strict=True):
-                        self._install(block, state, items, t)
-                    slots = self._gather(bg, states, whole)
-            else:
+            elif phase is Phase.INSTALL and opt.pipeline.pending_count():
+                # The per-block install (rejections and counters included) on
+                # block states made current; slots it replaced are re-stacked.
+                self._scatter(bg, states, slots)
+                for block, state in zip(blocks, states, strict=True):
+                    opt._install_due(block, state, t)
+                slots = self._gather(bg, states, whole)
+            elif phase is Phase.REFRESH:
                 due_blocks = [
                     i
                     for i, b in enumerate(blocks)
@@ -308,21 +308,6 @@ class BatchedStepper:
             if linked and all(x is y for x, y in zip(tensors, views or (), strict=True)):
                 continue
             torch._foreach_copy_(tensors, list(stacked.unbind(0)))
-
-    def _install(self, block: Block, state: Any, items: list[Any], t: int) -> None:
-        """The per-block install of each due result, with the per-block path's span and counters."""
-        opt = self.optimizer
-        for item in items:
-            with opt._recorder.span(
-                "install",
-                Category.REFRESH,
-                step=opt._calls,
-                block=block.id,
-                detail=f"v{item.version}",
-            ):
-                opt._install(block, state, item.result)
-            opt._recorder.counter("staleness", t - item.version, step=opt._calls, key=block.id)
-            opt._active_version[block.id] = item.version
 
     def _submit(
         self,
