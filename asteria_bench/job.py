@@ -47,8 +47,15 @@ SCHEDULE_FILENAME = "staleness_schedule.json"
 
 
 def default_out(config: RunConfig) -> Path:
+    """``runs/<optimizer>-s<seed>-<time>``; a second run started within the same second
+    (or beside an unfinished one of that name) gets ``-2``, ``-3``, ... instead of a refusal."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{config.optim.name}-s{config.train.seed}-{stamp}"
+    base = Path("runs") / f"{config.optim.name}-s{config.train.seed}-{stamp}"
+    out, n = base, 1
+    while out.exists() or out.with_name(out.name + ".incomplete").exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
 
 
 def build_metadata(
