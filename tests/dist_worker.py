@@ -1,9 +1,9 @@
 """One rank of data-parallel training runs, launched by torchrun from tests/test_distributed.py.
 
-Each run (``OPTIMIZER:MODE:STALENESS[+interK][+local]``) trains a small MLP
+Each run (``OPTIMIZER:MODE:STALENESS[+interK][+local][+fail]``) trains a small MLP
 under DDP with one of our optimizers (``+interK``: an inter-node staleness
 bound of K; ``+local``: link rates under which the plan keeps every block's
-refresh inside its node), on a global batch drawn from one seeded generator and split
+refresh inside its node; ``+fail``: each rank's second refresh raises), on a global batch drawn from one seeded generator and split
 across ranks, so a single process with the whole batch sees the same data.
 After every step it hashes the parameters; rank r writes ``OUT/<i>-rank<r>.pt``
 per run i (tensors and ints only: hashes, final parameters, collective bytes,
@@ -81,6 +81,20 @@ def full_parameters(model: torch.nn.Module) -> list[torch.Tensor]:
     return [p.detach().clone() for p in out]
 
 
+def failing(cls: type) -> object:
+    """``cls``'s refresh, raising on its second call in this process (``+fail``)."""
+    real = cls.compute_refresh
+    calls = [0]
+
+    def compute(inputs: object) -> object:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise FloatingPointError("injected")
+        return real(inputs)
+
+    return compute
+
+
 def train_one(spec: str, index: int, args: argparse.Namespace, ctx: DistContext | None) -> None:
     name, mode, staleness = spec.split(":", 2)
     staleness, *options = staleness.split("+")
@@ -118,7 +132,10 @@ def train_one(spec: str, index: int, args: argparse.Namespace, ctx: DistContext 
     elif fsdp:  # the reference: the same row slices, in one process
         model = row_split(model, args.global_ranks)
         params = model.parameters()
-    opt = OPTIMIZERS[name](params, lr=1e-2, precondition_frequency=2, execution=execution)
+    cls = OPTIMIZERS[name]
+    if "fail" in options:  # this rank's second refresh raises, wherever it is computed
+        cls = type(cls.__name__, (cls,), {"compute_refresh": staticmethod(failing(cls))})
+    opt = cls(params, lr=1e-2, precondition_frequency=2, execution=execution)
     if pairs:
         attach(opt, pairs)
     net: torch.nn.Module = model
@@ -175,6 +192,7 @@ def train_one(spec: str, index: int, args: argparse.Namespace, ctx: DistContext 
             "allreduce_steps": len({s.step for s in allreduce}),
             "owned_blocks": len(opt.assignment.owned_by(rank)) if opt.assignment else -1,
             "state_blocks": len(opt.store),
+            "rejected": opt.rejected_refreshes,
         },
         os.path.join(args.out, f"{index}-rank{rank}.pt"),
     )

@@ -54,7 +54,13 @@ import torch.distributed as dist
 from runtime.distributed.context import DistContext
 from runtime.distributed.packing import ResultLayout, pack, unpack
 from runtime.plan.ownership import Assignment
-from runtime.refresh.executors import Finished, JobOutcome, RefreshJob, ResultHandle
+from runtime.refresh.executors import (
+    Finished,
+    JobOutcome,
+    RefreshError,
+    RefreshJob,
+    ResultHandle,
+)
 from traces.recorder import Recorder
 from traces.schema import Category
 
@@ -112,20 +118,27 @@ class _Publication:
         return self.job.install_step - (len(self.hops) - hop)
 
     def _packed_result(self) -> torch.Tensor:
-        """This rank's own result, waited for if its worker is still on it, as bytes."""
+        """This rank's own result, waited for if its worker is still on it, as bytes.
+
+        A job that raised publishes all-ones bytes (NaN in every float format),
+        so that every rank, the owner included, rejects the same version.
+        """
         pub = self._publisher
         assert self.computed is not None
-        if not self.computed.done():
-            with pub.recorder.span(
-                "wait_refresh",
-                Category.WAIT,
-                step=self.job.step,
-                block=self.job.block,
-                detail="publish",
-            ):
+        try:
+            if not self.computed.done():
+                with pub.recorder.span(
+                    "wait_refresh",
+                    Category.WAIT,
+                    step=self.job.step,
+                    block=self.job.block,
+                    detail="publish",
+                ):
+                    outcome = self.computed.outcome()
+            else:
                 outcome = self.computed.outcome()
-        else:
-            outcome = self.computed.outcome()
+        except RefreshError:
+            return pub.layout_of(self.job.block).empty(pub.buffer_device).fill_(255)
         self._outcome = outcome
         return pack(outcome.result, pub.layout_of(self.job.block), pub.buffer_device)
 
