@@ -245,6 +245,7 @@ def execution_config(
 def _resume(
     manager: CheckpointManager,
     saved: dict[str, Stateful],
+    rank_local: set[str],
     position: LoopPosition,
     folder: Path,
 ) -> int:
@@ -252,7 +253,7 @@ def _resume(
     from runtime.checkpoint import CheckpointError
 
     try:
-        info = manager.load_latest(saved)
+        info = manager.load_latest(saved, rank_local)
     except CheckpointError as exc:
         raise UserError(f"--resume: {exc}") from None
     if info is None:
@@ -455,13 +456,15 @@ def train(
 
     position = LoopPosition(generator, recorder, stream)
     saved: dict[str, Stateful] = {"model": model, "optimizer": optimizer, "loop": position}
-    sharded = dist is not None and config.runtime.update_mode == "sharded"
-    rank_local = {"loop", "optimizer"} if sharded else {"loop"}
+    # Optimizer state differs between ranks when each updates its own blocks (sharded) or
+    # its own rows (FSDP2): saved per rank. A replicated optimizer is identical everywhere.
+    own_state = config.runtime.update_mode == "sharded" or config.runtime.parallel == "fsdp2"
+    rank_local = {"loop", "optimizer"} if dist is not None and own_state else {"loop"}
     manager = None if checkpoints is None else checkpoints.manager(rank, world)
     first_step = 1
     if manager is not None and checkpoints is not None and checkpoints.resume:
         started_ns = recorder.clock()
-        first_step = _resume(manager, saved, position, checkpoints.folder)
+        first_step = _resume(manager, saved, rank_local, position, checkpoints.folder)
         took_ns = recorder.clock() - started_ns
         offset_clock(recorder, position)  # the trace's clock goes on from the checkpoint's
         now = recorder.clock()

@@ -1,7 +1,8 @@
 """Checkpoint and resume under torchrun: every rank saves collectively, a killed job resumes bitwise.
 
-Two gloo ranks in the sharded update mode (each rank's optimizer state is its
-own, saved under its rank; the model is saved once). The job is SIGKILLed —
+Two gloo ranks, in the sharded update mode (each rank's optimizer state is its
+own, saved under its rank; the model is saved once) and under FSDP2 (the
+model's DTensors saved as shards and loaded into the live sharded model). The job is SIGKILLed —
 launcher and ranks — after a checkpoint, resumed by the same torchrun command
 with ``--resume``, and compared with the job left alone: the same global loss
 at every step and bitwise the same final parameters.
@@ -26,9 +27,12 @@ ARGS = (
     "-m", "asteria_bench", "run", "--steps", str(STEPS), "--checkpoint-every", "3",
     "--n-layer", "1", "--n-embd", "32", "--n-head", "2", "--context", "32", "--batch-size", "2",
     "--eval-every", "100", "--eval-batches", "1", "--torch-threads", "1",
-    "--precondition-frequency", "2", "--optimizer", "soap", "--staleness", "bounded:2",
-    "--update-mode", "sharded", "-q",
+    "--precondition-frequency", "2", "--optimizer", "soap", "--staleness", "bounded:2", "-q",
 )  # fmt: skip
+MODES = {
+    "sharded": ("--update-mode", "sharded"),  # each rank updates its own blocks
+    "fsdp2": ("--parallel", "fsdp2"),  # the model sharded (DTensors), each rank its rows
+}
 
 
 def final_model(run_dir: Path) -> dict[str, torch.Tensor]:
@@ -54,13 +58,15 @@ def losses(run_dir: Path) -> list[float]:
     return counters[counters["name"] == "loss"].sort_values("step")["value"].tolist()
 
 
-def test_a_killed_two_rank_job_resumes_bitwise(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_a_killed_two_rank_job_resumes_bitwise(tmp_path: Path, mode: str) -> None:
     import subprocess
 
-    whole = torchrun(2, *ARGS, "--out", str(tmp_path / "whole"))
+    args = (*ARGS, *MODES[mode])
+    whole = torchrun(2, *args, "--out", str(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr[-3000:]
     launcher = subprocess.Popen(
-        torchrun_cmd(2, *ARGS, "--out", str(tmp_path / "killed")),
+        torchrun_cmd(2, *args, "--out", str(tmp_path / "killed")),
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT,
     )  # fmt: skip
     marker = tmp_path / "killed.incomplete" / "checkpoints" / "step-00000006"

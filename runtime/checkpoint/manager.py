@@ -33,7 +33,14 @@ import torch
 import xxhash
 from torch.distributed.checkpoint.api import CheckpointException
 
-from runtime.checkpoint.flatten import StateError, dtype_of, flatten, tensor_refs, unflatten
+from runtime.checkpoint.flatten import (
+    StateError,
+    TensorRef,
+    dtype_of,
+    flatten,
+    tensor_refs,
+    unflatten,
+)
 from runtime.stateful import Stateful
 from traces.atomic import atomic_write_text, fsync_dir
 
@@ -84,6 +91,7 @@ class CheckpointManager:
         self.rank = rank
         self.world_size = world_size
         self.failures: list[str] = []
+        self._rank_local: frozenset[str] = frozenset()
 
     # --------------------------------------------------------------- listing
     def checkpoints(self) -> list[CheckpointInfo]:
@@ -235,12 +243,15 @@ class CheckpointManager:
             )
         return manifest
 
-    def load_latest(self, objects: dict[str, Stateful]) -> CheckpointInfo | None:
+    def load_latest(
+        self, objects: dict[str, Stateful], rank_local: Collection[str] = ()
+    ) -> CheckpointInfo | None:
         """Load the newest checkpoint that verifies into ``objects``; None if there is none.
 
         A damaged checkpoint is skipped with a warning naming the file; if every
         one is damaged the last error is raised.
         """
+        self._rank_local = frozenset(rank_local)
         found = self.checkpoints()
         last: CheckpointError | None = None
         for checkpoint in found:
@@ -261,7 +272,8 @@ class CheckpointManager:
             saved = json.loads(skeleton_path.read_text(encoding="utf-8"))
             skeletons = saved["objects"]
             refs = [ref for name in objects for ref in tensor_refs(skeletons[name])]
-            targets = {r.key: torch.empty(r.shape, dtype=dtype_of(r.dtype)) for r in refs}
+            live = self._live_tensors(objects)
+            targets = {r.key: _target(r, live.get(r.key)) for r in refs}
         except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
             raise CheckpointError(f"{skeleton_path}: unreadable ({exc})") from None
         self._load_tensors(targets, checkpoint.path)
@@ -273,6 +285,23 @@ class CheckpointManager:
                 raise CheckpointError(
                     f"{checkpoint.path}: does not fit this run's {name} ({exc})"
                 ) from None
+
+    def _live_tensors(self, objects: dict[str, Stateful]) -> dict[str, torch.Tensor]:
+        """The objects' current tensors by checkpoint key: sharded ones are loaded in their shape.
+
+        A model sharded by FSDP2 holds DTensors; DCP fills a DTensor target
+        with this rank's shard, so the load needs the live model's, not a
+        plain tensor of the saved global shape.
+        """
+        live: dict[str, torch.Tensor] = {}
+        for name, obj in objects.items():
+            prefix = f"rank{self.rank}/{name}/" if name in self._rank_local else f"{name}/"
+            try:
+                _, found = flatten(obj.state_dict(), prefix)
+            except StateError:
+                continue
+            live.update({k: v for k, v in found.items() if _is_sharded(v)})
+        return live
 
     def _load_tensors(self, targets: dict[str, torch.Tensor], folder: Path) -> None:
         import torch.distributed.checkpoint as dcp
@@ -316,6 +345,18 @@ class CheckpointManager:
         return bool(flag.item())
 
 
+def _is_sharded(tensor: torch.Tensor) -> bool:
+    return hasattr(tensor, "placements") and hasattr(tensor, "to_local")
+
+
+def _target(ref: TensorRef, live: torch.Tensor | None) -> torch.Tensor:
+    """Where a saved tensor is loaded: like the live sharded tensor, else a plain one."""
+    dtype = dtype_of(ref.dtype)
+    if live is not None and tuple(live.shape) == ref.shape and live.dtype == dtype:
+        return torch.empty_like(live)
+    return torch.empty(ref.shape, dtype=dtype)
+
+
 def _reason(exc: BaseException | None) -> str:
     if exc is None:
         return "unknown error"
@@ -327,4 +368,5 @@ def _reason(exc: BaseException | None) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+    first = text[0] if text else type(exc).__name__
+    return first if len(first) <= 240 else first[:240] + "..."
