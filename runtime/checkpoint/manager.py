@@ -295,6 +295,8 @@ class CheckpointManager:
         """
         live: dict[str, torch.Tensor] = {}
         for name, obj in objects.items():
+            if not isinstance(obj, torch.nn.Module):  # only a model's state is cheap to ask twice
+                continue
             prefix = f"rank{self.rank}/{name}/" if name in self._rank_local else f"{name}/"
             try:
                 _, found = flatten(obj.state_dict(), prefix)
