@@ -261,12 +261,26 @@ def validate(config: RunConfig) -> None:
     need(d.corpus_bytes >= 10_000, "--corpus-bytes", "at least 10000", d.corpus_bytes)
     if d.path is not None:
         need(Path(d.path).exists(), "--data", "an existing text file or folder", d.path)
-    for name in ("lr", "eps", "weight_decay", "eigenvalue_init", "root_exponent"):
+    for name in ("lr", "weight_decay"):
         value = getattr(o, name)
         need(
             value is None or value >= 0,
             f"--{name.replace('_', '-')}",
             "a non-negative number",
+            value,
+        )
+    # ε divides (SOAP, Shampoo; KL-Shampoo may go without), c0 and the root exponent must be > 0
+    zero_eps = o.name == "kl-shampoo"
+    for name, allow_zero in (
+        ("eps", zero_eps),
+        ("eigenvalue_init", False),
+        ("root_exponent", False),
+    ):
+        value = getattr(o, name)
+        need(
+            value is None or value > 0 or (allow_zero and value == 0),
+            f"--{name.replace('_', '-')}",
+            "a non-negative number" if allow_zero else "a positive number",
             value,
         )
     for name in ("beta1", "beta2", "shampoo_beta", "grafting_beta2"):

@@ -392,6 +392,9 @@ def train(
     except BudgetError as exc:
         _close_spill(spill, spill_folder)
         raise UserError(f"--device-budget: {exc}") from None
+    except ValueError as exc:  # a hyperparameter the optimizer refuses that validate() let by
+        _close_spill(spill, spill_folder)
+        raise UserError(f"--optimizer {config.optim.name}: {exc}") from None
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     policies = (
         execution.describe()

@@ -323,6 +323,9 @@ def test_overwrite_replaces_only_a_run_directory(
         (["--grad-clip", "nan"], None, "--grad-clip: expected a finite number"),
         ([], "[optim]\nlr = inf\n", "--lr: expected a finite number, got inf"),
         (["--n-embd", "262144", "--n-head", "1"], None, "does not fit in cpu memory"),
+        (["--eps", "0"], None, "--eps: expected a positive number, got 0.0"),
+        (["--optimizer", "shampoo", "--root-exponent", "0"], None, "--root-exponent: expected a"),
+        (["--optimizer", "kl-shampoo", "--eigenvalue-init", "0"], None, "--eigenvalue-init:"),
     ],
 )
 def test_bad_values_are_one_line_and_leave_nothing(
