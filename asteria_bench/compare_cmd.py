@@ -36,9 +36,13 @@ def read_runs(paths: list[Path], option: str = "RUN") -> list[LoadedRun]:
     if not paths:
         raise UserError(f"{option}: expected at least one run directory")
     try:
-        return load_runs(paths)
+        runs = load_runs(paths)
     except TraceError as exc:
         raise UserError(f"{option}: {exc}") from None
+    for run in runs:
+        if len(run.metrics) == 0:
+            raise UserError(f"{option}: {run.path}: the run has no finished step to compare")
+    return runs
 
 
 def pick_columns(text: str) -> list[Column]:

@@ -24,6 +24,7 @@ import numpy as np
 
 from reports.facts import LINKS, link_bytes, peak_device_bytes, staleness
 from reports.runs import LoadedRun, aligned, common_steps
+from traces.io import TraceError
 
 TABLE_WIDTH = 100
 SPIKE_FACTOR = 1.5
@@ -216,6 +217,9 @@ class Comparison:
 
 def compare(runs: list[LoadedRun], target_loss: float | None = None) -> Comparison:
     count = common_steps(runs)
+    if count == 0:
+        empty = next(r for r in runs if len(r.metrics) == 0)
+        raise TraceError(f"{empty.path}: the run has no finished step to compare")
     cut = any(len(r.metrics) > count for r in runs)
     same = [aligned(r, count) for r in runs]
     target = target_loss if target_loss is not None else default_target(same)

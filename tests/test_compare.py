@@ -215,3 +215,21 @@ def test_random_bad_values_end_in_one_line(
     assert code in (0, 2) and "Traceback" not in err
     if code == 2:
         assert len(err.strip().splitlines()) == 1 and err.startswith("asteria-bench: error:")
+
+
+def test_a_run_without_a_finished_step_is_one_line(
+    runs: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asteria_bench.compare_cmd as cmd
+    from asteria_bench.errors import UserError
+    from reports.compare import compare
+    from reports.runs import load_runs
+    from traces.io import TraceError
+
+    run = load_runs([next(iter(runs.values()))])[0]
+    empty = dataclasses.replace(run, metrics=run.metrics.iloc[:0])
+    with pytest.raises(TraceError, match="no finished step"):
+        compare([run, empty])
+    monkeypatch.setattr(cmd, "load_runs", lambda paths: [empty])
+    with pytest.raises(UserError, match=r"RUN: .*no finished step"):
+        cmd.read_runs([run.path])
