@@ -106,8 +106,7 @@ def summary_markdown(
         "",
         f"- {kind} run; optimizer: **{optimizer}**; device: {device}; policies: "
         + ", ".join(f"{k}={v}" for k, v in sorted(policies.items())),
-        f"- model: {model.get('n_layer')} layers, width {model.get('n_embd')}, {model.get('n_head')} heads,"
-        f" context {model.get('context')}, {model.get('parameters', 0):,} parameters",
+        f"- model: {_model_line(model)}",
         f"- steps: {f.steps}",
         "",
         "| figure | value |",
@@ -199,3 +198,20 @@ def _machine_rows(facts: RunFacts | None) -> list[str]:
             text += f"; resident memory peak {_mib(load.rss_peak_bytes)}"
         rows.append(f"| machine load (whole host) | {text} |")
     return rows
+
+
+def _model_line(model: dict[str, Any]) -> str:
+    """What the run's metadata says of its model; an imported profile may say nothing."""
+    parts = [
+        f"{model[key]}{unit}"
+        for key, unit in (
+            ("n_layer", " layers"),
+            ("n_embd", " wide"),
+            ("n_head", " heads"),
+            ("context", " context"),
+        )
+        if model.get(key) is not None
+    ]
+    if model.get("parameters"):
+        parts.append(f"{model['parameters']:,} parameters")
+    return ", ".join(parts) if parts else "not recorded"
