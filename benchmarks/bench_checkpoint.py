@@ -111,7 +111,8 @@ def main() -> None:
         ("device", ["--placement", "device"]),
         (
             "pressure + NVMe",
-            ["--placement", "pressure:1:2", "--device-budget", "2MiB", "--host-budget", "1MiB"],
+            # budgets above the largest block's working set (2.6 MiB on the default GPT)
+            ["--placement", "pressure:1:2", "--device-budget", "8MiB", "--host-budget", "4MiB"],
         ),
     ):
         work = Path(tempfile.mkdtemp(prefix="bench-checkpoint-"))

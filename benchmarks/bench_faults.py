@@ -230,7 +230,12 @@ def env() -> dict[str, str]:
 
 def start(cwd: Path, args: list[str], out: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        command(*args, "--out", out), cwd=cwd, env=env(), stderr=subprocess.PIPE, text=True
+        command(*args, "--out", out),
+        cwd=cwd,
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
