@@ -186,11 +186,11 @@ def run_job(
     rundir = _leader_run_directory(out, overwrite, dist, resume) if leader else None
     console = Console(stderr=True, quiet=quiet or not leader)
     stop = StopRequest()
+    previous = signal.getsignal(signal.SIGTERM)  # put back once the run is over
     if dist is None:
         stop.install()  # SIGTERM / Ctrl-C: finish the step, checkpoint, then stop
-        previous = signal.getsignal(signal.SIGTERM)
     else:  # torchrun tears a failed job down with SIGTERM: stop at once (Ctrl-C checkpoints)
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+        signal.signal(signal.SIGTERM, _raise_terminated)
         stop.install_sigint()
     staging: Path | None = None
     rows: list[StepMetrics] = []
@@ -272,7 +272,8 @@ def run_job(
         raise
     finally:
         stop.restore()
-        signal.signal(signal.SIGTERM, previous)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if dist is not None:
             dist.close()
     if rundir is None:

@@ -90,3 +90,12 @@ def test_a_resumed_finished_copy_continues_from_its_last_checkpoint(
     staging = unfinished_copy(finished, tmp_path)
     assert run_cli(["run", "--resume", str(staging)]) == 0
     assert (tmp_path / "run" / "summary.md").is_file() and not staging.exists()
+
+
+def test_a_run_puts_the_signal_handlers_back(finished: Path, tmp_path: Path) -> None:
+    """In-process callers (a notebook, these tests) keep their own SIGTERM / SIGINT handling."""
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    assert run_cli(["run", *TINY, "--out", str(tmp_path / "again")]) == 0
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
