@@ -90,19 +90,11 @@ def cli_args(values: dict[str, Any]) -> list[str]:
 
 
 def final_model(checkpoints: Path) -> dict[str, torch.Tensor]:
-    class Keep:
-        state: dict[str, torch.Tensor]
-
-        def state_dict(self) -> dict[str, Any]:
-            return {}
-
-        def load_state_dict(self, state: dict[str, Any]) -> None:
-            self.state = state
-
-    keep = Keep()
     with contextlib.redirect_stderr(open(os.devnull, "w")):
-        CheckpointManager(checkpoints).load_latest({"model": keep})
-    return keep.state
+        found = CheckpointManager(checkpoints).read_latest("model")
+    if found is None:
+        raise SystemExit(f"{checkpoints}: no checkpoint")
+    return found[1]
 
 
 def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:

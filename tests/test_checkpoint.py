@@ -14,8 +14,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_tiers import OPTIMIZERS  # the same optimizers and settings as the tier tests
 
-from runtime import SOAP, ExecutionConfig, KLShampoo, Shampoo
+from runtime import ExecutionConfig
 from runtime.checkpoint import CheckpointError, CheckpointManager, StateError
 from runtime.checkpoint.flatten import flatten, unflatten
 from runtime.checkpoint.manager import MANIFEST, _checksum
@@ -190,15 +191,6 @@ def test_a_checkpoint_of_another_world_size_is_refused(tmp_path: Path) -> None:
 
 
 # ---------------------------------------------------------------- optimizers
-
-OPTIMIZERS = {
-    "shampoo": (
-        Shampoo,
-        dict(lr=1e-2, betas=(0.9, 0.999), precondition_frequency=3, grafting="adam", block_size=8),
-    ),
-    "soap": (SOAP, dict(lr=3e-3, precondition_frequency=3)),
-    "kl-shampoo": (KLShampoo, dict(lr=3e-3, precondition_frequency=3, eigenvalue_init=1e-3)),
-}
 
 
 def _model() -> torch.nn.Module:

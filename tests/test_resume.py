@@ -80,20 +80,9 @@ def losses(run_dir: Path) -> pd.Series:
 
 
 def final_parameters(run_dir: Path) -> dict[str, torch.Tensor]:
-    class Keep:
-        def __init__(self) -> None:
-            self.state: dict[str, torch.Tensor] = {}
-
-        def state_dict(self) -> dict[str, torch.Tensor]:
-            return {}
-
-        def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-            self.state = state
-
-    keep = Keep()
-    info = CheckpointManager(run_dir / "checkpoints").load_latest({"model": keep})
-    assert info is not None and info.step == STEPS
-    return keep.state
+    found = CheckpointManager(run_dir / "checkpoints").read_latest("model")
+    assert found is not None and found[0].step == STEPS
+    return found[1]
 
 
 def assert_same_run(a: Path, b: Path) -> None:

@@ -36,21 +36,9 @@ MODES = {
 
 
 def final_model(run_dir: Path) -> dict[str, torch.Tensor]:
-    class Keep:
-        def __init__(self) -> None:
-            self.state: dict[str, torch.Tensor] = {}
-
-        def state_dict(self) -> dict[str, torch.Tensor]:
-            return {}
-
-        def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-            self.state = state
-
-    keep = Keep()
-    manager = CheckpointManager(run_dir / "checkpoints", world_size=2)
-    info = manager.load_latest({"model": keep})
-    assert info is not None and info.step == STEPS
-    return keep.state
+    found = CheckpointManager(run_dir / "checkpoints", world_size=2).read_latest("model")
+    assert found is not None and found[0].step == STEPS
+    return found[1]
 
 
 def losses(run_dir: Path) -> list[float]:

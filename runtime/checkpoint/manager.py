@@ -266,6 +266,16 @@ class CheckpointManager:
             raise last
         return None
 
+    def read_latest(self, name: str) -> tuple[CheckpointInfo, Any] | None:
+        """The state one object saved in the newest good checkpoint, without the object.
+
+        For tools that inspect a run (the final model of two runs, compared):
+        the same verified, pickle-free load as ``load_latest``.
+        """
+        holder = _Holder()
+        info = self.load_latest({name: holder})
+        return None if info is None else (info, holder.state)
+
     def _load(self, checkpoint: CheckpointInfo, objects: dict[str, Stateful]) -> None:
         skeleton_path = checkpoint.path / f"state-rank{self.rank:05d}.json"
         try:
@@ -345,6 +355,19 @@ class CheckpointManager:
         flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         return bool(flag.item())
+
+
+class _Holder:
+    """A ``Stateful`` that only keeps what it is loaded with (``read_latest``)."""
+
+    def __init__(self) -> None:
+        self.state: Any = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Any) -> None:
+        self.state = state
 
 
 def _is_sharded(tensor: torch.Tensor) -> bool:
