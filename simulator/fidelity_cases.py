@@ -8,8 +8,9 @@ the published tokens per second per GPU. ``simulate_case`` runs the same
 projection a what-if runs (AdamW, the engine's step: forward, backward,
 exposed collectives, optimizer) and returns the simulated tokens/s/GPU.
 
-The profiles' ``[training]`` efficiencies were fitted to these cases (three
-numbers per GPU, one per roof); other published measurements check them.
+The profiles' ``[training]`` efficiencies were fitted to these cases (four
+numbers per GPU: one per roof, and the collectives' interference) by
+``simulator.fidelity_fit``; other published measurements check them.
 """
 
 from __future__ import annotations
@@ -132,16 +133,30 @@ def with_efficiency(
     def fraction(value: float) -> Quantity:
         return Quantity(value, "fraction", source, Basis.ASSUMED)
 
+    interference = (
+        fraction(efficiency.interference) if efficiency.interference > 0 else None
+    )  # a profile states a fraction > 0 or nothing
     training = TrainingSpec(
-        fraction(efficiency.matmul), fraction(efficiency.attention), fraction(efficiency.memory)
+        fraction(efficiency.matmul),
+        fraction(efficiency.attention),
+        fraction(efficiency.memory),
+        interference,
     )
     return replace(profile, training=training)
 
 
-def simulate_case(case: Case, efficiency: ComputeEfficiency | None = None) -> float:
+def simulate_case(
+    case: Case,
+    efficiency: ComputeEfficiency | None = None,
+    profile: HardwareProfile | None = None,
+) -> float:
     """Simulated tokens/s/GPU: a step's tokens over its time (AdamW: no block differs
-    from step to step, so the step is the sum of its parts, as the event model has it)."""
-    profile = load_profile(case.hardware)
+    from step to step, so the step is the sum of its parts, as the event model has it).
+
+    ``profile`` is the case's hardware profile when the caller has it loaded
+    (a fit simulates every case hundreds of times)."""
+    if profile is None:
+        profile = load_profile(case.hardware)
     if efficiency is not None:
         profile = with_efficiency(profile, efficiency, "candidate efficiencies")
     deploy = Deployment(

@@ -185,17 +185,22 @@ def micro_batch_work(shape: ModelShape, setup: TrainingSetup) -> MicroBatchWork:
 @dataclass(frozen=True)
 class ComputeEfficiency:
     """The fraction of each roof reached: matmuls and attention of the tensor-core peak,
-    memory-bound ops of the HBM bandwidth."""
+    memory-bound ops of the HBM bandwidth; and ``interference``, what of the
+    intra-node collective time that compute hides still costs the step
+    (``simulator.data_parallel``)."""
 
     matmul: float
     attention: float
     memory: float
+    interference: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("matmul", "attention", "memory"):
             value = getattr(self, name)
             if not 0 < value <= 1:
                 raise ValueError(f"efficiency {name} must be in (0, 1], got {value}")
+        if not 0 <= self.interference <= 1:
+            raise ValueError(f"interference must be in [0, 1], got {self.interference}")
 
     @classmethod
     def ideal(cls) -> ComputeEfficiency:
@@ -211,10 +216,12 @@ def compute_efficiency(profile: HardwareProfile) -> ComputeEfficiency:
     training = profile.training
     if training is None:
         return DEFAULT_EFFICIENCY
+    interference = training.collective_interference
     return ComputeEfficiency(
         matmul=training.matmul_efficiency.value,
         attention=training.attention_efficiency.value,
         memory=training.memory_efficiency.value,
+        interference=0.0 if interference is None else interference.value,
     )
 
 

@@ -22,7 +22,9 @@ an assumption; ``"measured"`` comes from ``asteria-bench profile``.
 
 ``gpu.fp8_dense_flops`` is optional (a profile states it where a source
 does). The optional ``[training]`` section holds the fraction of each roof
-LLM training reaches (``simulator.llm_step``; unit ``"fraction"``, in (0, 1]).
+LLM training reaches (``simulator.llm_step``; unit ``"fraction"``, in (0, 1]),
+and optionally ``collective_interference``: what of the intra-node collective
+time hidden behind compute still costs a step (``simulator.data_parallel``).
 
 The sections and their fields are the dataclasses below (``GpuSpec`` is
 ``[gpu]``, ``HostSpec`` is ``[host]`` and so on); top-level keys are
@@ -197,6 +199,7 @@ class TrainingSpec:
     matmul_efficiency: Quantity = _quantity(FRACTION)
     attention_efficiency: Quantity = _quantity(FRACTION)
     memory_efficiency: Quantity = _quantity(FRACTION)
+    collective_interference: Quantity | None = _quantity(FRACTION, optional=True)
 
 
 @dataclass(frozen=True)

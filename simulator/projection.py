@@ -196,8 +196,11 @@ def project(
     forward_s, backward_s = setup.grad_accum * micro.forward_s, setup.grad_accum * micro.backward_s
     ring = ring_seconds(profile, deploy.nodes, deploy.gpus_per_node, eff.collective)
     parts = collectives(params, setup)
+    interference = compute_efficiency(profile).interference
     allreduce_s = (
-        exposed_seconds(parts, ring, setup, micro, shape.n_layer) if deploy.ranks > 1 else 0.0
+        exposed_seconds(parts, ring, setup, micro, shape.n_layer, interference)
+        if deploy.ranks > 1
+        else 0.0
     )
     intra_s = allreduce_s * ring.intra_share
     sharded = deploy.ranks > 1 and setup.data_parallel is not DataParallel.DDP

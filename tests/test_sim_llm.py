@@ -16,9 +16,16 @@ from hypothesis import strategies as st
 
 from runtime.policies.staleness import Bounded, Sync
 from simulator import periodic
-from simulator.data_parallel import Collectives, collectives, exposed_seconds, ring_seconds
+from simulator.data_parallel import (
+    Collectives,
+    collectives,
+    exposed_seconds,
+    ring_seconds,
+    total_seconds,
+)
 from simulator.engine import SimConfig, fast_sync_step_ns, simulate
 from simulator.llm_step import (
+    ComputeEfficiency,
     DataParallel,
     MicroBatchTime,
     Recompute,
@@ -189,6 +196,43 @@ def test_overlap_hides_what_compute_covers_and_never_the_last_bucket() -> None:
         net.inter_node.bandwidth.value * 0.7
     )
     assert ring.intra_s_per_byte + ring.inter_s_per_byte == pytest.approx(per_byte, rel=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    interference=st.floats(0.0, 1.0),
+    nodes=st.sampled_from([1, 2, 8]),
+    cover_s=st.floats(0.0, 5.0),
+    grad_accum=st.integers(1, 4),
+)
+def test_hidden_collectives_cost_their_interference_on_the_intra_node_leg(
+    interference: float, nodes: int, cover_s: float, grad_accum: int
+) -> None:
+    ring = ring_seconds(load_profile("h100-sxm"), nodes, 8, 0.7)
+    setup = TrainingSetup(seq_len=2048, grad_accum=grad_accum, data_parallel="zero3")
+    parts = collectives(P7, setup)
+    step = MicroBatchTime(forward_s=cover_s / 3, backward_s=2 * cover_s / 3)
+    waited = exposed_seconds(parts, ring, setup, step, 32)
+    total = total_seconds(parts, ring, setup)
+    # by hand: FSDP gathers twice and reduce-scatters once per micro-batch
+    by_hand = grad_accum * 3 * ring.seconds(2.0 * P7)
+    assert total == pytest.approx(by_hand, rel=1e-12)
+    assert 0.0 <= waited <= total + 1e-12
+    charged = exposed_seconds(parts, ring, setup, step, 32, interference)
+    expected = waited + interference * ring.intra_share * (total - waited)
+    assert charged == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    if nodes == 1:  # one node: every hidden second is on NVLink; 1 is no overlap at all
+        assert exposed_seconds(parts, ring, setup, step, 32, 1.0) == pytest.approx(total)
+
+
+def test_interference_outside_zero_to_one_is_refused() -> None:
+    ring = ring_seconds(load_profile("h100-sxm"), 1, 8, 0.7)
+    setup = TrainingSetup(seq_len=1024, data_parallel="ddp")
+    step = MicroBatchTime(1.0, 2.0)
+    with pytest.raises(ValueError, match="interference"):
+        exposed_seconds(Collectives(all_reduce=1e9), ring, setup, step, 8, 1.5)
+    with pytest.raises(ValueError, match="interference"):
+        ComputeEfficiency(0.5, 0.5, 0.5, -0.1)
 
 
 def test_projection_uses_the_stage_collectives() -> None:
