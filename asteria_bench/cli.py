@@ -325,6 +325,14 @@ def run(
             rich_help_panel=PARALLEL,
         ),
     ] = None,
+    owner_links: Annotated[
+        str | None,
+        typer.Option(
+            help="replicated, several nodes: a hardware profile (name or .toml) whose refresh"
+            " rate and inter-node link decide which blocks each node refreshes itself",
+            rich_help_panel=PARALLEL,
+        ),
+    ] = None,
 ) -> None:
     """Train the GPT with one optimizer and write a run directory.
 
@@ -405,6 +413,7 @@ def run(
         dist_timeout=dist_timeout,
         inter_node_staleness=inter_node_staleness,
         parallel=parallel,
+        owner_links=owner_links,
     )
     if resume is not None:
         given = [k for values in overrides.values() for k, v in values.items() if v is not None]

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from asteria_bench.errors import UserError
+from runtime.plan.ownership import LinkCosts
 
 SECTIONS = ("model", "data", "train", "optim", "runtime")
 OPTIMIZERS = ("adamw", "shampoo", "soap", "kl-shampoo", "muon")
@@ -81,6 +82,7 @@ class RuntimeSection:
     dist_timeout: float = 60.0  # seconds a collective may wait for a dead or stuck rank
     inter_node_staleness: int | None = None  # τ of results crossing nodes; None: staleness's
     parallel: str = "ddp"  # under torchrun: ddp | fsdp2 (each rank updates its rows)
+    owner_links: str | None = None  # a hardware profile pricing node-local owners; None: none
 
 
 @dataclass
@@ -376,6 +378,13 @@ def validate(config: RunConfig) -> None:
             "--parallel ddp (under fsdp2 no refresh result moves)",
             r.inter_node_staleness,
         )
+    if r.owner_links is not None:
+        option = "--owner-links"
+        need(r.update_mode == "replicated", option, "--update-mode replicated", r.update_mode)
+        need(
+            r.parallel == "ddp", option, "--parallel ddp (under fsdp2 no result moves)", r.parallel
+        )
+        owner_links_of(r)  # the profile loads and has an inter-node network
     if r.inter_node_staleness is not None:  # sync or bounded:TAU within nodes, TAU <= it
         from runtime.policies.staleness import Bounded, Sync
 
@@ -497,3 +506,18 @@ def apply_mapping(config: RunConfig, data: dict[str, Any], source: str) -> RunCo
                 raise UserError(f"{source}: unknown key {section}.{key}")
             setattr(target, key, _coerce(value, hints[section][key], f"{source}: {section}.{key}"))
     return config
+
+
+def owner_links_of(r: RuntimeSection, ranks_per_node: int = 1) -> LinkCosts | None:
+    """``--owner-links``: the rates by which the plan keeps blocks node-local, from the
+    profile (``simulator.projection.owner_link_costs``, which projections use too)."""
+    if r.owner_links is None:
+        return None
+    from simulator.profiles import ProfileError, load_profile
+    from simulator.projection import owner_link_costs
+
+    try:
+        profile = load_profile(r.owner_links)
+        return owner_link_costs(profile, r.root_device, ranks_per_node)
+    except (ProfileError, OSError, ValueError) as exc:
+        raise UserError(f"--owner-links: {exc}") from None

@@ -28,7 +28,7 @@ from asteria_bench.checkpointing import (
     StopRequest,
     offset_clock,
 )
-from asteria_bench.config import BASELINES, RunConfig, resolved_optimizer
+from asteria_bench.config import BASELINES, RunConfig, owner_links_of, resolved_optimizer
 from asteria_bench.errors import UserError
 from asteria_bench.optimizers import build_optimizer, optimizer_parameter_groups
 from asteria_bench.workload.data import ByteDataset, DataError, default_dataset, load_text
@@ -238,7 +238,12 @@ def execution_config(
         spill=spill,
         parallel=None
         if dist is None
-        else ParallelConfig(dist, r.update_mode, r.inter_node_staleness),
+        else ParallelConfig(
+            dist,
+            r.update_mode,
+            r.inter_node_staleness,
+            links=owner_links_of(r, dist.topology.local_size),
+        ),
     )
 
 

@@ -98,4 +98,8 @@ class ExecutionConfig:
             out["ranks_per_node"] = str(self.parallel.context.topology.local_size)
             if self.parallel.inter_node_staleness is not None:
                 out["inter_node_staleness"] = str(self.parallel.inter_node_staleness)
+            links = self.parallel.links
+            if links is not None:  # the simulator's replay assigns owners with the same rates
+                out["owner_links_flops_per_s"] = repr(links.flops_per_s)
+                out["owner_links_inter_node_bytes_per_s"] = repr(links.inter_node_bytes_per_s)
         return out

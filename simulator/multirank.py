@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from runtime.plan.costmodel import CostConfig
-from runtime.plan.ownership import Assignment, Topology, assign_owners
+from runtime.plan.ownership import Assignment, LinkCosts, Topology, assign_owners
 from runtime.plan.spec import BlockConfig
 from runtime.plan.work import ownership_work
 from runtime.policies.levels import LevelStaleness
@@ -78,6 +78,7 @@ class Layout:
     ranks_per_node: int
     update_mode: str = "replicated"
     inter_node_staleness: int | None = None
+    links: LinkCosts | None = None  # the rates that kept blocks node-local (--owner-links)
 
     @property
     def topology(self) -> Topology:
@@ -93,11 +94,23 @@ class Layout:
                 " by the data-parallel replay; replay DDP runs"
             )
         inter = policies.get("inter_node_staleness")
+        rate = policies.get("owner_links_flops_per_s")
+        bandwidth = policies.get("owner_links_inter_node_bytes_per_s")
+        links = None
+        if rate is not None and bandwidth is not None:
+            try:
+                links = LinkCosts(float(rate), float(bandwidth))
+            except ValueError:
+                raise WorkloadError(
+                    f"run {meta.run_id}: policies.owner_links_*: expected two positive rates,"
+                    f" got {rate!r} and {bandwidth!r}"
+                ) from None
         return cls(
             world_size=meta.world_size,
             ranks_per_node=int(policies.get("ranks_per_node", meta.world_size)),
             update_mode=policies.get("parallel", "replicated"),
             inter_node_staleness=None if inter is None else int(inter),
+            links=links,
         )
 
 
@@ -225,7 +238,8 @@ def assignment_of(model: DataParallelModel, layout: Layout) -> Assignment:
     )
     blocks = [(b.id, *b.shape) for b in model.workload.blocks]
     work = ownership_work(optimizer, blocks, config, cost, layout.update_mode)
-    return assign_owners(work, layout.topology)
+    links = layout.links if layout.update_mode == "replicated" else None
+    return assign_owners(work, layout.topology, links=links)
 
 
 def rank_workloads(model: DataParallelModel, layout: Layout) -> list[WorkloadModel]:

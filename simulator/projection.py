@@ -47,7 +47,7 @@ from runtime.plan.costmodel import (
     blocks_of,
     roofline_time_s,
 )
-from runtime.plan.ownership import BlockWork, Topology, assign_owners
+from runtime.plan.ownership import BlockWork, LinkCosts, Topology, assign_owners
 from simulator.data_parallel import collectives, exposed_seconds, ring_seconds
 from simulator.llm_step import (
     ComputeEfficiency,
@@ -222,7 +222,12 @@ def project(
         config = CostConfig(Optimizer(name), block_size=deploy.block_size)
         optimizer_other_s = 0.0
         specs = blocks_of(shape, deploy.block_size)
-        owners = _owners(specs, config, deploy, sharded)
+        links = (
+            owner_link_costs(profile, deploy.root_device, deploy.gpus_per_node, eff)
+            if not sharded and deploy.nodes > 1 and profile.network.inter_node is not None
+            else None
+        )
+        owners = _owners(specs, config, deploy, sharded, links)
         for spec in specs:
             a, b, count = spec.rows, spec.cols, spec.count
             hot_flops = block_hot_path_flops(a, b, config) * count
@@ -305,22 +310,57 @@ def _group_id(spec: BlockSpec) -> str:
     return f"{spec.matrix}.r{spec.row}.c{spec.col}"
 
 
+def owner_link_costs(
+    profile: HardwareProfile,
+    root_device: str = "host",
+    ranks_per_node: int = 1,
+    efficiency: Efficiency | None = None,
+) -> LinkCosts:
+    """The rates by which the plan keeps a block's refresh inside each node
+    (``runtime.plan.keeps_in_node``), from a hardware profile.
+
+    One rank's refresh rate where its refreshes compute (host cores or the
+    GPU, at the projection's efficiency for them), and a node's inter-node
+    bandwidth: one NIC per GPU, at the collectives' efficiency. The runtime
+    takes the same rates from ``asteria-bench run --owner-links PROFILE``.
+    """
+    eff = efficiency or Efficiency()
+    inter = profile.network.inter_node
+    if inter is None:
+        raise ValueError(f"profile {profile.name} has no inter-node network ([network.inter_node])")
+    if root_device == "host":
+        rate = profile.host.cpu_fp32_flops.value * eff.refresh_host
+    else:
+        rate = profile.gpu.fp32_flops.value * eff.refresh_device
+    return LinkCosts(rate, inter.bandwidth.value * max(1, ranks_per_node) * eff.collective)
+
+
 def _owners(
-    specs: list[BlockSpec], config: CostConfig, deploy: Deployment, sharded: bool
+    specs: list[BlockSpec],
+    config: CostConfig,
+    deploy: Deployment,
+    sharded: bool,
+    links: LinkCosts | None = None,
 ) -> dict[str, bool]:
     """Whether the simulated rank (the most loaded) owns each block group.
 
-    The owner's work per step: the refresh over f, plus the hot path when
-    updates are sharded; its memory: the group's state when sharded.
+    The owner's work: the refresh when updates are replicated (with the
+    bytes its result weighs on the wire, which ``links`` prices against
+    computing it on every node), the refresh over f plus the hot path per
+    step when they are sharded, with the group's state as its memory.
     """
     work = []
     for spec in specs:
         a, b, count = spec.rows, spec.cols, spec.count
-        cost = block_refresh_flops(a, b, config) / deploy.precondition_frequency
+        refresh = block_refresh_flops(a, b, config)
+        state = block_state(a, b, config)
         if sharded:
-            cost += block_hot_path_flops(a, b, config)
-        nbytes = block_state(a, b, config).bytes * count if sharded else 0
-        work.append(BlockWork(_group_id(spec), cost * count, nbytes))
-    assignment = assign_owners(work, Topology(deploy.ranks, deploy.gpus_per_node))
+            cost = refresh / deploy.precondition_frequency + block_hot_path_flops(a, b, config)
+            work.append(BlockWork(_group_id(spec), cost * count, state.bytes * count))
+        else:
+            result = state.bases * WORD_BYTES * count
+            work.append(BlockWork(_group_id(spec), refresh * count, result_bytes=result))
+    topology = Topology(deploy.ranks, deploy.gpus_per_node)
+    assignment = assign_owners(work, topology, links=links)
     busiest = max(range(deploy.ranks), key=lambda r: (assignment.load[r], -r))
-    return {block: owner == busiest for block, owner in assignment.owners.items()}
+    return {block: assignment.owner_for(block, busiest) == busiest for block in assignment.owners}
