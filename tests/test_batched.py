@@ -139,6 +139,15 @@ def test_batched_equals_per_block_hypothesis(
     assert_paths_agree(name, [*shapes, *shapes], hparams, seed=seed, steps=10)
 
 
+@pytest.mark.parametrize("name", ["KLShampoo", "SOAP"])
+def test_groups_rotated_on_different_sides_step_in_one_batch(name: str) -> None:
+    """With max_precond_dim = 4 the groups of one batch rotate both sides, one side
+    (left or right) or none: the batch's fused ops take only the factors that exist."""
+    shapes = [(6, 6), (6, 3), (3, 6), (3, 3), (6, 6), (3, 3), (5,)]
+    hparams = {**HPARAMS[name], "max_precond_dim": 4}
+    assert_paths_agree(name, shapes, hparams, steps=10)
+
+
 @pytest.mark.parametrize("name", sorted(CLASSES))
 def test_a_missing_gradient_splits_the_group_by_step(name: str) -> None:
     """A parameter without a grad on one call is one update behind: its blocks step apart."""

@@ -3,23 +3,26 @@
 The per-block path runs a short sequence of small kernels per block; on a GPU
 at LLM scale their launches, not their FLOPs, set the step time. Here the
 blocks of one parameter group with the same shape, state dtype and device form
-a *group*, and every phase of the plan (``spec.phases``) runs once per group on
-stacked tensors (``runtime.optim.batched_rules``); vectors take the AdamW
-fallback with ``torch._foreach_*`` ops. The math is the per-block math, so
-both paths agree to round-off.
+a *group*, and every phase of the plan (``spec.phases``) runs on stacked
+tensors (``runtime.optim.batched_rules``): the groups of one param group at one
+step form a *batch*, whose matmuls run once per group and whose elementwise
+work runs once for the batch (``torch._foreach_*`` over the groups' stacks);
+vectors take the AdamW fallback with ``torch._foreach_*`` ops. The math is the
+per-block math, so both paths agree to round-off.
 
 Where state lives, and what stays per block:
 
-- **Placement ``device``** (no tiers): after a group's first step its slots are
-  stored stacked, one (n, ...) tensor per slot, and every block's state holds
+- **Placement ``device``** (no tiers): a batch holds every group of its param
+  group and step. After a group's first step its slots are stored stacked, one (n, ...) tensor per slot, and every block's state holds
   views of it, so nothing is copied per step and ``block_state`` still reads a
   block. A slot a refresh install replaces (a new basis, a permuted V) is
   re-stacked at the next phase that needs it.
 - **Tiered placements** (``host``, ``lifecycle``, ``pressure``): tiers stay per
-  block. Each step a group's block states are taken from the tiered store as
-  usual, stacked, stepped and copied back into the block tensors the store
-  hands back, which it then writes back to their tiers; the device holds the
-  group's working set for the group's step.
+  block, and a batch is one group, so that the device holds one group's
+  working set at a time, as its budget assumes. Each step a group's block
+  states are taken from the tiered store as usual, stacked, stepped and copied
+  back into the block tensors the store hands back, which it then writes back
+  to their tiers.
 - **Refreshes**: computed per group (batched QR / eigh over the group's
   snapshot), but queued, installed and checkpointed **per block**: each block
   gets its slice of the group's result at the install step its staleness
@@ -122,6 +125,18 @@ class _SliceHandle:
 
 
 @dataclass
+class _Part:
+    """The blocks of one group that step at one t, and their states while they step."""
+
+    bg: BlockGroup
+    blocks: list[Block]
+    t: int
+    states: list[Any] = field(default_factory=list)
+    w: list[torch.Tensor] = field(default_factory=list)
+    slots: Slots = field(default_factory=dict)
+
+
+@dataclass
 class _Active:
     """A parameter that makes an update this step: its t and 2-D views of it and its grad."""
 
@@ -131,7 +146,7 @@ class _Active:
 
 
 class BatchedStepper:
-    """Steps an optimizer's blocks group by group; ``BlockedOptimizer.step`` calls ``step``."""
+    """Steps an optimizer's blocks batch by batch; ``BlockedOptimizer.step`` calls ``step``."""
 
     def __init__(self, optimizer: BlockedOptimizer) -> None:
         self.optimizer = optimizer
@@ -156,7 +171,7 @@ class BatchedStepper:
                     prepared = self._prepare(p, group)
                     if prepared is not None:
                         active[opt._param_index[id(p)]] = prepared
-        updates: list[tuple[list[torch.Tensor], Update]] = []
+        parts: list[_Part] = []
         for bg in self.groups:
             by_t: dict[int, list[Block]] = {}
             for block in bg.blocks:
@@ -164,10 +179,24 @@ class BatchedStepper:
                     by_t.setdefault(active[block.param_index].t, []).append(block)
             for t, blocks in by_t.items():
                 if bg.key.is_matrix:
-                    self._matrix_group(bg, blocks, t, active, updates)
+                    parts.append(_Part(bg, blocks, t))
                 else:
                     self._vector_group(bg, blocks, t, active)
+        updates: list[tuple[list[torch.Tensor], Update]] = []
+        for batch in self._batches(parts):
+            self._matrix_batch(batch, active, updates)
         apply_updates(updates)
+
+    def _batches(self, parts: list[_Part]) -> list[list[_Part]]:
+        """Parts that step together: all of one param group, t, dtype and device; one alone
+        under a tiered placement (whose device budget holds one group's working set)."""
+        if not self.persistent:
+            return [[part] for part in parts]
+        batches: dict[tuple[Any, ...], list[_Part]] = {}
+        for part in parts:
+            key = part.bg.key
+            batches.setdefault((key.param_group, part.t, key.dtype, key.device), []).append(part)
+        return list(batches.values())
 
     def _prepare(self, p: torch.Tensor, group: dict[str, Any]) -> _Active | None:
         """The per-parameter part of a step: checks, first-call init, the step counter."""
@@ -224,60 +253,66 @@ class BatchedStepper:
             opt.store.release(block.id, state)
 
     # ------------------------------------------------------------- matrices
-    def _matrix_group(
+    def _matrix_batch(
         self,
-        bg: BlockGroup,
-        blocks: list[Block],
-        t: int,
+        batch: list[_Part],
         active: dict[int, _Active],
         updates: list[tuple[list[torch.Tensor], Update]],
     ) -> None:
-        """The group's phases; its parameter update goes to ``updates`` (applied after all)."""
+        """The batch's phases; its parameter updates go to ``updates`` (applied after all)."""
         opt = self.optimizer
-        group = opt.param_groups[bg.key.param_group]
+        group = opt.param_groups[batch[0].bg.key.param_group]
+        t = batch[0].t
         config = opt._block_config(group)
-        whole = len(blocks) == len(bg.blocks)
-        states = [opt.store.get(b.id) for b in blocks]
-        w = [block_view(active[b.param_index].w2, b) for b in blocks]
-        g = torch.stack([block_view(active[b.param_index].g2, b) for b in blocks])
-        slots = self._gather(bg, states, whole)
+        g = []  # each part's gradient blocks, stacked
+        for part in batch:
+            part.states = [opt.store.get(b.id) for b in part.blocks]
+            part.w = [block_view(active[b.param_index].w2, b) for b in part.blocks]
+            part.slots = self._gather(part)
+            g.append(torch.stack([block_view(active[b.param_index].g2, b) for b in part.blocks]))
         for phase in opt.spec.phases:
             if phase is Phase.STATISTICS:
-                with self._span("factor_update", bg, len(blocks)):
-                    self.statistics(slots, g, group, t)
+                with self._span("factor_update", batch):
+                    self.statistics([part.slots for part in batch], g, group, t)
             elif phase is Phase.PRECONDITION:
-                with self._span("precondition", bg, len(blocks)):
-                    updates.append((w, self.precondition(slots, w, g, group, t)))
+                w = [part.w for part in batch]
+                with self._span("precondition", batch):
+                    directions = self.precondition([part.slots for part in batch], w, g, group, t)
+                updates.extend(zip(w, directions, strict=True))
             elif phase is Phase.INSTALL and opt.pipeline.pending_count():
                 # The per-block install (rejections and counters included) on
                 # block states made current; slots it replaced are re-stacked.
-                self._scatter(bg, states, slots)
-                for block, state in zip(blocks, states, strict=True):
-                    opt._install_due(block, state, t)
-                slots = self._gather(bg, states, whole)
+                for part in batch:
+                    self._scatter(part)
+                    for block, state in zip(part.blocks, part.states, strict=True):
+                        opt._install_due(block, state, t)
+                    part.slots = self._gather(part)
             elif phase is Phase.REFRESH:
-                due_blocks = [
-                    i
-                    for i, b in enumerate(blocks)
-                    if opt.spec.refresh_due(t, opt._ordinal[b.id], config)
-                ]
-                if due_blocks:
-                    self._submit(bg, blocks, due_blocks, slots, group, t)
-        self._scatter(bg, states, slots)
-        for block, state in zip(blocks, states, strict=True):
-            if opt._recorder.enabled:
-                age = t - opt._active_version.get(block.id, 0)
-                opt._recorder.counter("preconditioner_age", age, step=opt._calls, key=block.id)
-            opt.store.release(block.id, state)
+                for part in batch:
+                    due_blocks = [
+                        i
+                        for i, b in enumerate(part.blocks)
+                        if opt.spec.refresh_due(t, opt._ordinal[b.id], config)
+                    ]
+                    if due_blocks:
+                        self._submit(part, due_blocks, group)
+        for part in batch:
+            self._scatter(part)
+            for block, state in zip(part.blocks, part.states, strict=True):
+                if opt._recorder.enabled:
+                    age = t - opt._active_version.get(block.id, 0)
+                    opt._recorder.counter("preconditioner_age", age, step=opt._calls, key=block.id)
+                opt.store.release(block.id, state)
 
-    def _gather(self, bg: BlockGroup, states: list[Any], whole: bool) -> Slots:
+    def _gather(self, part: _Part) -> Slots:
         """Each slot of the blocks as one stacked tensor (reused when the blocks hold its views).
 
         With persistent stacks (placement ``device``, the whole group stepping)
         a freshly stacked slot becomes the blocks' storage: each block's state
         gets its view, so the next step finds them linked and copies nothing.
         """
-        link = self.persistent and whole
+        bg, states = part.bg, part.states
+        link = self.persistent and len(part.blocks) == len(bg.blocks)
         out: Slots = {}
         for name in self.rule.slots:
             tensors = [getattr(s, name) for s in states]
@@ -297,9 +332,10 @@ class BatchedStepper:
                 bg.stacked[name], bg.views[name] = stacked, views
         return out
 
-    def _scatter(self, bg: BlockGroup, states: list[Any], slots: Slots) -> None:
+    def _scatter(self, part: _Part) -> None:
         """Copy stacked slots back into block tensors that are not views of them."""
-        for name, stacked in slots.items():
+        bg, states = part.bg, part.states
+        for name, stacked in part.slots.items():
             if stacked is None:
                 continue
             tensors = [getattr(s, name) for s in states]
@@ -309,18 +345,11 @@ class BatchedStepper:
                 continue
             torch._foreach_copy_(tensors, list(stacked.unbind(0)))
 
-    def _submit(
-        self,
-        bg: BlockGroup,
-        blocks: list[Block],
-        due: list[int],
-        slots: Slots,
-        group: dict[str, Any],
-        t: int,
-    ) -> None:
-        """One batched refresh job for the due blocks; each block queues its slice."""
+    def _submit(self, part: _Part, due: list[int], group: dict[str, Any]) -> None:
+        """One batched refresh job for the part's due blocks; each block queues its slice."""
         opt = self.optimizer
-        inputs = opt._refresh_inputs(SimpleNamespace(**slots), group, t)
+        bg, blocks, t = part.bg, part.blocks, part.t
+        inputs = opt._refresh_inputs(SimpleNamespace(**part.slots), group, t)
         if inputs is None:
             return
         if len(due) < len(blocks):
@@ -342,12 +371,12 @@ class BatchedStepper:
         for k, (block_id, install) in enumerate(zip(ids, installs, strict=True)):
             pipeline.queue.add(block_id, t, install, _SliceHandle(handle, k))
 
-    def _span(self, name: str, bg: BlockGroup, n: int) -> Any:
+    def _span(self, name: str, batch: list[_Part]) -> Any:
+        """One span for the batch; its detail names each group and its block count."""
         opt = self.optimizer
         if opt._trace_blocks:
-            return opt._recorder.span(
-                name, Category.OPTIMIZER, step=opt._calls, detail=f"{bg.name} ({n} blocks)"
-            )
+            detail = ", ".join(f"{part.bg.name} ({len(part.blocks)} blocks)" for part in batch)
+            return opt._recorder.span(name, Category.OPTIMIZER, step=opt._calls, detail=detail)
         return _NullContext()
 
 

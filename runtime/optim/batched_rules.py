@@ -1,17 +1,21 @@
-"""Each optimizer's per-block math, written once more for a stack of same-shape blocks.
+"""Each optimizer's per-block math, written once more for stacks of same-shape blocks.
 
 A group of n blocks of shape (a, b) holds every slot as one tensor with a
 leading block axis: factors (n, a, a), moments (n, a, b), eigenvalue vectors
 (n, a). Each function here is the per-block rule of ``runtime.optim.soap``,
-``shampoo``, ``kl_shampoo`` or ``adamw`` with 2-D matmuls replaced by batched
-ones (``@`` on 3-D tensors, ``baddbmm_``) and per-block norms taken over the
-last two axes; the preconditioning returns the group's update, which the
-stepper applies with ``torch._foreach_*`` to all groups' block views at once. The operations are the same and in the same order, so a group
-step equals the per-block steps to round-off (bitwise where the batched
-kernel sums in the same order).
+``shampoo``, ``kl_shampoo`` or ``adamw`` for a *batch* of such groups (all of
+one param group and step): matmuls run once per group, as batched ones (``@``
+on 3-D tensors, ``baddbmm_``), and elementwise work (moment and factor EMAs,
+square roots, eigenvalue estimates, grafting norms) runs once for the whole
+batch with ``torch._foreach_*`` over the groups' stacks. Per-block norms over
+several groups are one ``_foreach_norm`` over the blocks' views. The
+preconditioning returns each group's update, which the stepper applies with
+``torch._foreach_*`` to all groups' block views at once. The operations are the
+same and in the same order, so a batch step equals the per-block steps to
+round-off (bitwise where the batched kernel sums in the same order).
 
-Refreshes are batched too (``*_refresh_batched``): batched QR and eigh over
-the group's snapshot, returning one per-block result each, the type the
+Refreshes are batched per group (``*_refresh_batched``): batched QR and eigh
+over the group's snapshot, returning one per-block result each, the type the
 per-block ``_install`` takes. A block whose factor is not finite, or whose
 result is not, gets the empty result, as in the per-block functions.
 """
@@ -38,6 +42,28 @@ Slots = dict[str, torch.Tensor | None]
 
 
 # ----------------------------------------------------------------- helpers
+def column(batch: list[Slots], name: str) -> list[torch.Tensor]:
+    """Slot ``name`` of every group of the batch (a slot every group holds)."""
+    out = [s[name] for s in batch]
+    assert all(x is not None for x in out), name
+    return out  # type: ignore[return-value]
+
+
+def present(batch: list[Slots], name: str) -> list[torch.Tensor]:
+    """Slot ``name`` of the groups that hold it (an unrotated side holds no factor)."""
+    return [x for s in batch if (x := s[name]) is not None]
+
+
+def block_norms(stacks: list[torch.Tensor]) -> torch.Tensor:
+    """The Frobenius norm of every block of every stack, in order: one ``_foreach_norm``."""
+    return torch.stack(torch._foreach_norm([block for x in stacks for block in x.unbind(0)]))
+
+
+def per_group(values: torch.Tensor, stacks: list[torch.Tensor]) -> list[torch.Tensor]:
+    """One value per block (``block_norms``' order) as (n, 1, 1) per stack, to broadcast."""
+    return [x.view(-1, 1, 1) for x in values.split([s.shape[0] for s in stacks])]
+
+
 def rotate_in(x: torch.Tensor, ql: torch.Tensor | None, qr: torch.Tensor | None) -> torch.Tensor:
     """Q_Lᵀ·X·Q_R for every block of the stack, skipping unrotated sides."""
     if ql is not None:
@@ -122,30 +148,43 @@ def adamw_step_foreach(
 
 # -------------------------------------------------------------------- SOAP
 def soap_precondition(
-    s: Slots, w: list[torch.Tensor], g: torch.Tensor, group: dict[str, Any], t: int
-) -> Update:
-    m, v = s["M"], s["V"]
-    assert m is not None and v is not None
+    s: list[Slots],
+    w: list[list[torch.Tensor]],
+    g: list[torch.Tensor],
+    group: dict[str, Any],
+    t: int,
+) -> list[Update]:
+    m, v = column(s, "M"), column(s, "V")
     beta1, beta2 = group["betas"]
-    g_rot = rotate_in(g, s["QL"], s["QR"])
-    m.mul_(beta1).add_(g_rot, alpha=1.0 - beta1)
-    v.mul_(beta2).addcmul_(g_rot, g_rot, value=1.0 - beta2)
+    g_rot = [rotate_in(x, si["QL"], si["QR"]) for si, x in zip(s, g, strict=True)]
+    torch._foreach_mul_(m, beta1)
+    torch._foreach_add_(m, g_rot, alpha=1.0 - beta1)
+    torch._foreach_mul_(v, beta2)
+    torch._foreach_addcmul_(v, g_rot, g_rot, value=1.0 - beta2)
     step_size = group["lr"]
     if group["bias_correction"]:
         step_size = step_size * (1.0 - beta2**t) ** 0.5 / (1.0 - beta1**t)
-    direction = rotate_out(m / (v.sqrt() + group["eps"]), s["QL"], s["QR"])
+    denominator = torch._foreach_sqrt(v)
+    torch._foreach_add_(denominator, group["eps"])
+    rotated = torch._foreach_div(m, denominator)
+    directions = [rotate_out(x, si["QL"], si["QR"]) for si, x in zip(s, rotated, strict=True)]
     if group["normalize_grads"]:
-        rms = direction.square().mean(dim=(-2, -1), keepdim=True).sqrt()
-        direction = direction / (1e-30 + rms)
-    return direction, -step_size, group["lr"] * group["weight_decay"]
+        rms = [d.square().mean(dim=(-2, -1), keepdim=True).sqrt() for d in directions]
+        directions = [d / (1e-30 + r) for d, r in zip(directions, rms, strict=True)]
+    return [(d, -step_size, group["lr"] * group["weight_decay"]) for d in directions]
 
 
-def soap_statistics(s: Slots, g: torch.Tensor, group: dict[str, Any], t: int) -> None:
-    ws = 1.0 - group["shampoo_beta"]
-    if s["L"] is not None:
-        s["L"].lerp_(g @ g.mT, ws)
-    if s["R"] is not None:
-        s["R"].lerp_(g.mT @ g, ws)
+def soap_statistics(s: list[Slots], g: list[torch.Tensor], group: dict[str, Any], t: int) -> None:
+    factors, products = [], []
+    for si, x in zip(s, g, strict=True):
+        if si["L"] is not None:
+            factors.append(si["L"])
+            products.append(x @ x.mT)
+        if si["R"] is not None:
+            factors.append(si["R"])
+            products.append(x.mT @ x)
+    if factors:
+        torch._foreach_lerp_(factors, products, 1.0 - group["shampoo_beta"])
 
 
 def soap_refresh_batched(inputs: BasisRefreshInputs) -> list[BasisRefreshResult]:
@@ -181,44 +220,63 @@ def _basis_refresh(inputs: BasisRefreshInputs, *, sort: bool) -> list[BasisRefre
 
 
 # ----------------------------------------------------------------- Shampoo
-def shampoo_statistics(s: Slots, g: torch.Tensor, group: dict[str, Any], t: int) -> None:
-    left, right = s["L"], s["R"]
-    assert left is not None and right is not None
+def shampoo_statistics(
+    s: list[Slots], g: list[torch.Tensor], group: dict[str, Any], t: int
+) -> None:
     beta2 = group["betas"][1]
     weight = 1.0 - beta2 if beta2 < 1.0 else 1.0
     if beta2 < 1.0:
-        left.mul_(beta2)
-        right.mul_(beta2)
-    left.baddbmm_(g, g.mT, alpha=weight)
-    right.baddbmm_(g.mT, g, alpha=weight)
-    if s["V"] is not None:
+        torch._foreach_mul_(column(s, "L") + column(s, "R"), beta2)
+    for si, x in zip(s, g, strict=True):
+        left, right = si["L"], si["R"]
+        assert left is not None and right is not None
+        left.baddbmm_(x, x.mT, alpha=weight)
+        right.baddbmm_(x.mT, x, alpha=weight)
+    v = present(s, "V")
+    if v:
         beta2g = group["grafting_beta2"]
-        s["V"].mul_(beta2g).addcmul_(g, g, value=1.0 - beta2g)
+        torch._foreach_mul_(v, beta2g)
+        torch._foreach_addcmul_(v, g, g, value=1.0 - beta2g)
 
 
 def shampoo_precondition(
-    s: Slots, w: list[torch.Tensor], g: torch.Tensor, group: dict[str, Any], t: int
-) -> Update:
-    m, left_root, right_root = s["M"], s["L_root"], s["R_root"]
-    assert m is not None and left_root is not None and right_root is not None
+    s: list[Slots],
+    w: list[list[torch.Tensor]],
+    g: list[torch.Tensor],
+    group: dict[str, Any],
+    t: int,
+) -> list[Update]:
+    m = column(s, "M")
     beta1 = group["betas"][0]
-    m.mul_(beta1).add_(g, alpha=1.0 - beta1)
+    torch._foreach_mul_(m, beta1)
+    torch._foreach_add_(m, g, alpha=1.0 - beta1)
     c1 = 1.0 - beta1**t if group["bias_correction"] else 1.0
-    m_hat = m / c1
-    direction = left_root @ m_hat @ right_root
-    if s["V"] is not None:
+    m_hat = torch._foreach_div(m, c1)
+    directions = [
+        si["L_root"] @ x @ si["R_root"]  # type: ignore[operator]
+        for si, x in zip(s, m_hat, strict=True)
+    ]
+    v = present(s, "V")
+    if v:  # Adam grafting: the direction takes Adam's norm, block by block
         c2g = 1.0 - group["grafting_beta2"] ** t if group["bias_correction"] else 1.0
-        adam = m_hat / ((s["V"] / c2g).sqrt_().add_(group["grafting_eps"]))
+        denominator = torch._foreach_div(v, c2g)
+        torch._foreach_sqrt_(denominator)
+        torch._foreach_add_(denominator, group["grafting_eps"])
+        adam = list(torch._foreach_div(m_hat, denominator))
         if t < group["start_preconditioning_step"]:
-            direction = adam
+            directions = adam
         else:
-            norms = torch.linalg.norm(adam, dim=(-2, -1), keepdim=True)
-            direction = direction * (
-                norms / (torch.linalg.norm(direction, dim=(-2, -1), keepdim=True) + 1e-16)
-            )
+            ratio = block_norms(adam) / (block_norms(directions) + 1e-16)
+            directions = [
+                d * k for d, k in zip(directions, per_group(ratio, directions), strict=True)
+            ]
     if group["weight_decay"] > 0.0:
-        direction = direction.add(torch.stack(w).to(direction.dtype), alpha=group["weight_decay"])
-    return direction, -group["lr"], 0.0
+        blocks = [block for d in directions for block in d.unbind(0)]
+        params = [x for ws in w for x in ws]
+        if params[0].dtype != blocks[0].dtype:
+            params = [x.to(blocks[0].dtype) for x in params]
+        torch._foreach_add_(blocks, params, alpha=group["weight_decay"])
+    return [(d, -group["lr"], 0.0) for d in directions]
 
 
 def shampoo_refresh_batched(inputs: ShampooRefreshInputs) -> list[ShampooRefreshResult]:
@@ -267,38 +325,58 @@ def batched_inverse_root(a: torch.Tensor, root: float, epsilon: float) -> torch.
 
 # -------------------------------------------------------------- KL-Shampoo
 def kl_precondition(
-    s: Slots, w: list[torch.Tensor], g: torch.Tensor, group: dict[str, Any], t: int
-) -> Update:
-    m, d_left, d_right = s["M"], s["dL"], s["dR"]
-    assert m is not None and d_left is not None and d_right is not None
+    s: list[Slots],
+    w: list[list[torch.Tensor]],
+    g: list[torch.Tensor],
+    group: dict[str, Any],
+    t: int,
+) -> list[Update]:
+    m, d_left, d_right = column(s, "M"), column(s, "dL"), column(s, "dR")
     beta1 = group["betas"][0]
-    m.mul_(beta1).add_(g, alpha=1.0 - beta1)
-    m_rot = rotate_in(m, s["QL"], s["QR"])
-    scale = (d_left.unsqueeze(-1) * d_right.unsqueeze(-2)).sqrt_().add_(group["eps"])
-    direction = rotate_out(m_rot / scale, s["QL"], s["QR"])
-    return direction, -group["lr"], group["lr"] * group["weight_decay"]
+    torch._foreach_mul_(m, beta1)
+    torch._foreach_add_(m, g, alpha=1.0 - beta1)
+    m_rot = [rotate_in(x, si["QL"], si["QR"]) for si, x in zip(s, m, strict=True)]
+    scale = [dl.unsqueeze(-1) * dr.unsqueeze(-2) for dl, dr in zip(d_left, d_right, strict=True)]
+    torch._foreach_sqrt_(scale)
+    torch._foreach_add_(scale, group["eps"])
+    rotated = torch._foreach_div(m_rot, scale)
+    directions = [rotate_out(x, si["QL"], si["QR"]) for si, x in zip(s, rotated, strict=True)]
+    return [(d, -group["lr"], group["lr"] * group["weight_decay"]) for d in directions]
 
 
-def kl_statistics(s: Slots, g: torch.Tensor, group: dict[str, Any], t: int) -> None:
-    d_left, d_right = s["dL"], s["dR"]
-    assert d_left is not None and d_right is not None
-    beta = group["shampoo_beta"]
-    a, b = g.shape[-2:]
-    g_hat_sq = rotate_in(g, s["QL"], s["QR"]).square_()
-    inv_dl, inv_dr = d_left.reciprocal(), d_right.reciprocal()
-    if s["L"] is not None:
-        h = rotate_in(g, None, s["QR"]) * inv_dr.sqrt().unsqueeze(-2)
-        s["L"].mul_(beta).baddbmm_(h, h.mT, alpha=(1.0 - beta) / b)
-    if s["R"] is not None:
-        k = rotate_in(g.mT, None, s["QL"]) * inv_dl.sqrt().unsqueeze(-2)
-        s["R"].mul_(beta).baddbmm_(k, k.mT, alpha=(1.0 - beta) / a)
-    r = (g_hat_sq @ inv_dr.unsqueeze(-1)).squeeze(-1) / b
-    c = (inv_dl.unsqueeze(-2) @ g_hat_sq).squeeze(-2) / a
-    d_left.mul_(beta).add_(r, alpha=1.0 - beta)
-    d_right.mul_(beta).add_(c, alpha=1.0 - beta)
+def kl_statistics(s: list[Slots], g: list[torch.Tensor], group: dict[str, Any], t: int) -> None:
+    """All from the current Q and the pre-update d: every input is computed before a write."""
+    d_left, d_right = column(s, "dL"), column(s, "dR")
+    beta, n = group["shampoo_beta"], len(s)
+    g_hat = [rotate_in(x, si["QL"], si["QR"]) for si, x in zip(s, g, strict=True)]
+    g_hat_sq = torch._foreach_mul(g_hat, g_hat)
+    inverse = torch._foreach_reciprocal(d_left + d_right)
+    inv_dl, inv_dr = inverse[:n], inverse[n:]
+    root = torch._foreach_sqrt(inverse)
+    root_inv_dl, root_inv_dr = root[:n], root[n:]
+    factors = present(s, "L") + present(s, "R")
+    if factors:
+        torch._foreach_mul_(factors, beta)
+    for i, (si, x) in enumerate(zip(s, g, strict=True)):
+        a, b = x.shape[-2:]
+        if si["L"] is not None:  # G·Q_R·diag(d_R^-1/2)
+            h = rotate_in(x, None, si["QR"]) * root_inv_dr[i].unsqueeze(-2)
+            si["L"].baddbmm_(h, h.mT, alpha=(1.0 - beta) / b)
+        if si["R"] is not None:  # Gᵀ·Q_L·diag(d_L^-1/2)
+            k = rotate_in(x.mT, None, si["QL"]) * root_inv_dl[i].unsqueeze(-2)
+            si["R"].baddbmm_(k, k.mT, alpha=(1.0 - beta) / a)
+    r = [(sq @ v.unsqueeze(-1)).squeeze(-1) for sq, v in zip(g_hat_sq, inv_dr, strict=True)]
+    c = [(v.unsqueeze(-2) @ sq).squeeze(-2) for sq, v in zip(g_hat_sq, inv_dl, strict=True)]
+    rows = [float(x.shape[-2]) for x in g]
+    cols = [float(x.shape[-1]) for x in g]
+    estimates = torch._foreach_div(r + c, cols + rows)
+    d = d_left + d_right
+    torch._foreach_mul_(d, beta)
+    torch._foreach_add_(d, estimates, alpha=1.0 - beta)
     if group["clamp"]:
-        d_left.clamp_(min=clamp_floor(a, group["clamp_cap"]))
-        d_right.clamp_(min=clamp_floor(b, group["clamp_cap"]))
+        cap = group["clamp_cap"]
+        floors = [clamp_floor(int(a), cap) for a in rows] + [clamp_floor(int(b), cap) for b in cols]
+        torch._foreach_clamp_min_(d, floors)
 
 
 # ------------------------------------------------------------------- rules
@@ -307,9 +385,15 @@ class BatchedRule:
     """One optimizer's batched phases and refresh, and the slots they stack."""
 
     slots: tuple[str, ...]
-    statistics: Callable[[Slots, torch.Tensor, dict[str, Any], int], None]
-    precondition: Callable[[Slots, list[torch.Tensor], torch.Tensor, dict[str, Any], int], Update]
+    statistics: Callable[[list[Slots], list[torch.Tensor], dict[str, Any], int], None]
+    """A batch's factor statistics: each group's slots and stacked gradient, in place."""
+    precondition: Callable[
+        [list[Slots], list[list[torch.Tensor]], list[torch.Tensor], dict[str, Any], int],
+        list[Update],
+    ]
+    """A batch's moments and each group's update (its parameters' block views are read only)."""
     refresh: Callable[[Any], list[Any]]
+    """One group's refresh: its stacked inputs to one per-block result each."""
 
 
 RULES: dict[str, BatchedRule] = {
