@@ -534,7 +534,7 @@ def train(
             recorder.counter("lr", optimizer.param_groups[0]["lr"], step=step)
             if not tiered_store:  # a tiered store records bytes per tier itself
                 recorder.counter("state_bytes", state_bytes, step=step, key=Tier.DEVICE.value)
-            if step % t.telemetry_every == 0 or step == 1:
+            if step % t.telemetry_every == 0 or step in (1, t.steps):
                 sampler.sample(step)
             row = StepMetrics(
                 step=step,

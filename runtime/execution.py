@@ -96,6 +96,7 @@ class ExecutionConfig:
             out["parallel"] = self.parallel.update_mode
             out["world_size"] = str(self.parallel.context.world_size)
             out["ranks_per_node"] = str(self.parallel.context.topology.local_size)
+            out["ranks_per_host"] = str(self.parallel.context.ranks_per_host)
             if self.parallel.inter_node_staleness is not None:
                 out["inter_node_staleness"] = str(self.parallel.inter_node_staleness)
             links = self.parallel.links

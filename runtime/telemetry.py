@@ -184,7 +184,9 @@ class TelemetrySampler:
 
     Counters (all share one timestamp per call): ``host_cpu_percent`` (system
     wide, since the previous call), ``host_rss_bytes`` (this process),
-    ``host_available_bytes``; with NVML, per GPU (key = NVML index):
+    ``host_available_bytes``, ``process_cpu_seconds`` (user + system time of
+    this process, every thread, since it started: what a rank asks of the
+    host's cores, which the simulator shares among the ranks of one host); with NVML, per GPU (key = NVML index):
     ``gpu_power_w``, ``gpu_energy_j`` (since this sampler started),
     ``gpu_memory_used_bytes``; with CUDA, ``device_memory_bytes`` (bytes
     allocated by torch on the current device). Not thread-safe: call it from
@@ -238,6 +240,9 @@ class TelemetrySampler:
         put("host_cpu_percent", psutil.cpu_percent(interval=None))
         with contextlib.suppress(psutil.Error):
             put("host_rss_bytes", self._process.memory_info().rss)
+        with contextlib.suppress(psutil.Error):
+            times = self._process.cpu_times()
+            put("process_cpu_seconds", times.user + times.system)
         put("host_available_bytes", psutil.virtual_memory().available)
         nvml = self._nvml
         if nvml is not None:

@@ -27,6 +27,17 @@ all-reduce keeps the ranks in lockstep, so a step of the run is the slowest
 rank's step. Publication broadcasts are asynchronous and overlap training;
 the model does not charge them (their bytes are in the traces).
 
+Ranks on one machine share its cores. Each rank's trace counts the CPU time
+its process used (``process_cpu_seconds``: every thread, training, refresh
+workers and the collectives' own copies); per step, that is what the rank
+asks of the host. A step cannot be shorter than what all the host's ranks ask
+divided by its cores, plus the all-reduce: a barrier during which no rank
+computes. So a run with more ranks than cores (4 ranks on 2 here) is
+predicted from a run that had a core per rank: each rank's demand carries
+over, less the owned work it hands to the new ranks (refreshes when
+replicated, whole blocks when sharded), and the host's share decides. With a
+core per rank the bound is below the step and changes nothing.
+
 ``replay_ranks`` simulates a run on its own costs; ``predict_ranks``
 calibrates on one run (say 2 ranks) and predicts another (say 4 ranks) it
 never looked at.
@@ -79,6 +90,12 @@ class Layout:
     update_mode: str = "replicated"
     inter_node_staleness: int | None = None
     links: LinkCosts | None = None  # the rates that kept blocks node-local (--owner-links)
+    ranks_per_host: int | None = None  # ranks sharing a machine's cores; None: ranks_per_node
+    host_cores: int = 0  # logical cores of each machine; 0: unknown (no host bound)
+
+    @property
+    def ranks_on_host(self) -> int:
+        return self.ranks_per_node if self.ranks_per_host is None else self.ranks_per_host
 
     @property
     def topology(self) -> Topology:
@@ -105,12 +122,15 @@ class Layout:
                     f"run {meta.run_id}: policies.owner_links_*: expected two positive rates,"
                     f" got {rate!r} and {bandwidth!r}"
                 ) from None
+        per_host = policies.get("ranks_per_host")
         return cls(
             world_size=meta.world_size,
             ranks_per_node=int(policies.get("ranks_per_node", meta.world_size)),
             update_mode=policies.get("parallel", "replicated"),
             inter_node_staleness=None if inter is None else int(inter),
             links=links,
+            ranks_per_host=None if per_host is None else int(per_host),
+            host_cores=max(0, int(meta.hardware.cpu_cores_logical)),
         )
 
 
@@ -136,6 +156,7 @@ class DataParallelModel:
     layout: Layout
     collectives: Collectives
     hyperparameters: dict[str, Any]
+    cpu_ns_per_step: int = 0  # what a rank asked of its host's cores per step; 0: not measured
 
 
 def _steady(spans: pd.DataFrame) -> pd.DataFrame:
@@ -166,6 +187,19 @@ def _allgather(trace: Trace) -> tuple[int, float]:
         .sum()
     )
     return int(per_step["ns"].median()), float(per_step["bytes"].median())
+
+
+def cpu_ns_per_step(trace: Trace) -> int:
+    """The CPU time the rank's process used per step (``process_cpu_seconds``), from the
+    sample at the end of step 1 (after the optimizer's setup) to the last; 0 without two."""
+    counters = trace.counters
+    samples = counters[(counters["name"] == "process_cpu_seconds") & (counters["step"] >= 1)]
+    samples = samples.sort_values("step")
+    if len(samples) < 2:
+        return 0
+    steps = int(samples["step"].iloc[-1] - samples["step"].iloc[0])
+    seconds = float(samples["value"].iloc[-1] - samples["value"].iloc[0])
+    return max(0, int(seconds * 1e9 / steps)) if steps > 0 else 0
 
 
 def _median_nonzero(values: list[int]) -> int:
@@ -217,6 +251,7 @@ def calibrate(run_dir: Path) -> DataParallelModel:
             allgather_ns_per_byte=gather_ns / gather_bytes if gather_bytes > 0 else 0.0,
         ),
         hyperparameters=dict(meta.hyperparameters),
+        cpu_ns_per_step=_median_nonzero([cpu_ns_per_step(t) for t in traces]),
     )
 
 
@@ -242,16 +277,22 @@ def assignment_of(model: DataParallelModel, layout: Layout) -> Assignment:
     return assign_owners(work, layout.topology, links=links)
 
 
+def allreduce_ns(model: DataParallelModel, layout: Layout) -> int:
+    """DDP's all-reduce per step at ``layout``'s size, scaled as a ring from the calibration."""
+    n = layout.world_size
+    calibrated = model.layout.world_size
+    if n < 2 or calibrated < 2:
+        return 0
+    return int(model.collectives.allreduce_ns * ring_factor(n) / ring_factor(calibrated))
+
+
 def rank_workloads(model: DataParallelModel, layout: Layout) -> list[WorkloadModel]:
     """Each rank's share of the work under ``layout``, collectives included."""
     assignment = assignment_of(model, layout)
     n = layout.world_size
     base = model.workload
     collectives = model.collectives
-    calibrated_ring = ring_factor(model.layout.world_size) if model.layout.world_size > 1 else 0
-    allreduce_ns = 0
-    if n > 1 and calibrated_ring > 0:
-        allreduce_ns = int(collectives.allreduce_ns * ring_factor(n) / calibrated_ring)
+    reduce_ns = allreduce_ns(model, layout)
     gather_ns = 0
     if layout.update_mode == "sharded" and n > 1:
         numel = [0] * n
@@ -272,11 +313,30 @@ def rank_workloads(model: DataParallelModel, layout: Layout) -> list[WorkloadMod
                 blocks.append(block)
         step = dataclasses.replace(
             base.step,
-            backward_ns=base.step.backward_ns + allreduce_ns,
+            backward_ns=base.step.backward_ns + reduce_ns,
             optimizer_other_ns=base.step.optimizer_other_ns + gather_ns,
         )
         out.append(dataclasses.replace(base, step=step, blocks=tuple(blocks)))
     return out
+
+
+def _owned_ns_per_step(model: DataParallelModel, layout: Layout) -> float:
+    """The mean rank's per-step work on the blocks it owns under ``layout``: the refreshes
+    (amortized over f) and, sharded, the hot paths; what ranks added or removed hand over."""
+    f = max(1, model.workload.precondition_frequency)
+    totals = [
+        sum(b.hot_ns + b.refresh_ns / f for b in w.blocks) for w in rank_workloads(model, layout)
+    ]
+    return float(np.mean(totals)) if totals else 0.0
+
+
+def host_bound_ns(model: DataParallelModel, layout: Layout) -> int:
+    """The shortest step the host's cores allow ``layout`` (module docstring); 0: unknown."""
+    if model.cpu_ns_per_step <= 0 or layout.host_cores <= 0:
+        return 0
+    own = _owned_ns_per_step(model, layout) - _owned_ns_per_step(model, model.layout)
+    demand = max(0.0, model.cpu_ns_per_step + own)
+    return int(layout.ranks_on_host * demand / layout.host_cores) + allreduce_ns(model, layout)
 
 
 def _idle(block: BlockCost) -> BlockCost:
@@ -292,9 +352,13 @@ def simulate_ranks(model: DataParallelModel, layout: Layout, config: SimConfig) 
     config = _with_levels(model, layout, config)
     results = [simulate(w, config) for w in rank_workloads(model, layout)]
     first = results[0]
+    step_ns = np.max([r.step_ns for r in results], axis=0)
+    bound = host_bound_ns(model, layout)
+    if bound > 0 and step_ns.size > 1:  # the first step is the optimizer's setup, not shared
+        step_ns[1:] = np.maximum(step_ns[1:], bound)
     return dataclasses.replace(
         first,
-        step_ns=np.max([r.step_ns for r in results], axis=0),
+        step_ns=step_ns,
         optimizer_ns=np.mean([r.optimizer_ns for r in results], axis=0).astype(np.int64),
         wait_ns=np.max([r.wait_ns for r in results], axis=0),
     )

@@ -18,6 +18,7 @@ core per rank and nothing else running (see benchmarks/README.md).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -68,14 +69,61 @@ def test_calibration_merges_the_ranks_and_reads_the_allreduce(
 
     two, four, _ = runs
     model = calibrate(two)
-    assert model.layout == Layout(2, 2, "replicated", None)
-    assert Layout.of(read_rank_traces(four)[0]) == Layout(4, 4, "replicated", None)
+    cores = os.cpu_count() or 0
+    assert model.layout == Layout(2, 2, "replicated", None, ranks_per_host=2, host_cores=cores)
+    target = Layout.of(read_rank_traces(four)[0])
+    assert target == Layout(4, 4, "replicated", None, ranks_per_host=4, host_cores=cores)
+    assert model.cpu_ns_per_step > 0  # every rank sampled its process's CPU time
     # only an owner measures a block's refresh; the model has every block's
     assert all(b.refresh_ns > 0 and b.hot_ns > 0 for b in model.workload.blocks)
     parameters = read_rank_traces(two)[0].metadata.model["parameters"]
     assert model.collectives.gradient_bytes == 4 * parameters  # fp32 gradients, all of them
     assert model.collectives.allreduce_ns > 0
     assert model.collectives.allgather_ns_per_byte == 0.0  # replicated: nothing gathered
+
+
+def test_a_host_with_fewer_cores_than_ranks_bounds_the_step(
+    runs: tuple[Path, Path, str],
+) -> None:
+    """The host bound by hand; it binds on a host short of cores, never on one with plenty."""
+    import dataclasses
+
+    import numpy as np
+
+    from simulator.engine import SimConfig
+    from simulator.multirank import (
+        Layout,
+        allreduce_ns,
+        calibrate,
+        host_bound_ns,
+        rank_workloads,
+        read_rank_traces,
+        simulate_ranks,
+    )
+
+    two, four, _ = runs
+    model = dataclasses.replace(calibrate(two), cpu_ns_per_step=50_000_000)
+    target = Layout.of(read_rank_traces(four)[0])
+    f = model.workload.precondition_frequency
+
+    def owned(layout: Layout) -> float:
+        works = rank_workloads(model, layout)
+        return sum(b.hot_ns + b.refresh_ns / f for w in works for b in w.blocks) / len(works)
+
+    demand = 50_000_000 + owned(target) - owned(model.layout)
+    for cores in (1, 2, 64):
+        layout = dataclasses.replace(target, host_cores=cores)
+        expected = int(4 * demand / cores) + allreduce_ns(model, layout)
+        assert host_bound_ns(model, layout) == expected
+    config = SimConfig(steps=6)
+    free = simulate_ranks(model, dataclasses.replace(target, host_cores=0), config).step_ns
+    plenty = simulate_ranks(model, dataclasses.replace(target, host_cores=4096), config).step_ns
+    assert np.array_equal(free, plenty)
+    short = dataclasses.replace(target, host_cores=1)
+    bound = host_bound_ns(model, short)
+    squeezed = simulate_ranks(model, short, config).step_ns
+    assert bound > free[1:].max() and (squeezed[1:] == bound).all()
+    assert squeezed[0] == free[0]  # the setup step is not shared out
 
 
 def test_the_simulated_owners_are_the_runtimes(runs: tuple[Path, Path, str]) -> None:

@@ -26,7 +26,12 @@ from runtime.telemetry import TelemetrySampler, collect_hardware, collect_softwa
 from traces.recorder import Recorder
 from traces.schema import GpuInfo
 
-HOST_COUNTERS = {"host_cpu_percent", "host_rss_bytes", "host_available_bytes"}
+HOST_COUNTERS = {
+    "host_cpu_percent",
+    "host_rss_bytes",
+    "host_available_bytes",
+    "process_cpu_seconds",
+}
 
 
 class FakeNvml:
@@ -155,6 +160,30 @@ def test_sample_adds_host_counters() -> None:
     assert 0.0 <= values["host_cpu_percent", None] <= 100.0
     assert 10 << 20 < values["host_rss_bytes", None] < psutil.virtual_memory().total
     assert 0 < values["host_available_bytes", None] <= psutil.virtual_memory().total
+    times = psutil.Process().cpu_times()
+    assert 0 < values["process_cpu_seconds", None] <= times.user + times.system
+
+
+def test_process_cpu_seconds_counts_every_thread_of_the_process() -> None:
+    """A second thread's busy loop shows in the counter: refresh workers count too."""
+    import threading
+    import time
+
+    rec = Recorder()
+    with TelemetrySampler(rec, gpu=False) as sampler:
+        sampler.sample(step=1)
+
+        def spin() -> None:
+            end = time.thread_time() + 0.3
+            while time.thread_time() < end:
+                pass
+
+        worker = threading.Thread(target=spin)
+        worker.start()
+        worker.join()
+        sampler.sample(step=2)
+    cpu = [c.value for c in rec.counters if c.name == "process_cpu_seconds"]
+    assert len(cpu) == 2 and cpu[1] - cpu[0] >= 0.29
 
 
 @pytest.mark.cuda

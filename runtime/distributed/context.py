@@ -49,6 +49,8 @@ class DistContext:
     publish_group: Any = None
     intra_group: Any = None
     inter_group: Any = None
+    ranks_per_host: int = 1  # processes on this machine (torchrun's LOCAL_WORLD_SIZE): they
+    # share its cores, whatever nodes ``topology`` emulates
     _store: Any = field(default=None, repr=False)
     _alive: threading.Event = field(default_factory=threading.Event, repr=False)
     _beat: threading.Thread | None = field(default=None, repr=False)
@@ -220,6 +222,7 @@ def init_distributed(
         publish_group=groups[0],
         intra_group=groups[1],
         inter_group=groups[2],
+        ranks_per_host=local or world,
         _store=store,
     )
     ctx.heartbeat(0)
