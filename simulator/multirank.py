@@ -30,9 +30,10 @@ the model does not charge them (their bytes are in the traces).
 Ranks on one machine share its cores. Each rank's trace counts the CPU time
 its process used (``process_cpu_seconds``: every thread, training, refresh
 workers and the collectives' own copies); per step, that is what the rank
-asks of the host. A step cannot be shorter than what all the host's ranks ask
-divided by its cores, plus the all-reduce: a barrier during which no rank
-computes. So a run with more ranks than cores (4 ranks on 2 here) is
+asks of the host; the rest of its step it waited, for a core (when the
+host has fewer than its ranks) or in the all-reduce and for the slowest rank.
+A step cannot be shorter than what all the host's ranks ask divided by its
+cores, plus the latter wait, which grows with the ring as the all-reduce does. So a run with more ranks than cores (4 ranks on 2 here) is
 predicted from a run that had a core per rank: each rank's demand carries
 over, less the owned work it hands to the new ranks (refreshes when
 replicated, whole blocks when sharded), and the host's share decides. With a
@@ -157,6 +158,7 @@ class DataParallelModel:
     collectives: Collectives
     hyperparameters: dict[str, Any]
     cpu_ns_per_step: int = 0  # what a rank asked of its host's cores per step; 0: not measured
+    wait_ns_per_step: int = 0  # the rest of its median step: waiting, not computing
 
 
 def _steady(spans: pd.DataFrame) -> pd.DataFrame:
@@ -242,6 +244,7 @@ def calibrate(run_dir: Path) -> DataParallelModel:
     )
     workload = dataclasses.replace(models[0], step=step, blocks=tuple(blocks))
     meta = traces[0].metadata
+    cpu_ns = _median_nonzero([cpu_ns_per_step(t) for t in traces])
     return DataParallelModel(
         workload=workload,
         layout=Layout.of(traces[0]),
@@ -251,8 +254,24 @@ def calibrate(run_dir: Path) -> DataParallelModel:
             allgather_ns_per_byte=gather_ns / gather_bytes if gather_bytes > 0 else 0.0,
         ),
         hyperparameters=dict(meta.hyperparameters),
-        cpu_ns_per_step=_median_nonzero([cpu_ns_per_step(t) for t in traces]),
+        cpu_ns_per_step=cpu_ns,
+        wait_ns_per_step=_wait_ns(traces, cpu_ns, Layout.of(traces[0])),
     )
+
+
+def _wait_ns(traces: list[Trace], cpu_ns: int, layout: Layout) -> int:
+    """What of a rank's median step it neither computed nor waited for a core: its step
+    less its CPU time, spread over the cores it had (all of its own, or a share)."""
+    share = 1.0
+    if layout.host_cores > 0:
+        share = max(1.0, layout.ranks_on_host / layout.host_cores)
+    return int(np.median([max(0.0, _median_step_ns(t) - cpu_ns * share) for t in traces]))
+
+
+def _median_step_ns(trace: Trace) -> int:
+    spans = _steady(trace.spans)
+    steps = spans[spans["name"] == "step"]
+    return int((steps["end_ns"] - steps["start_ns"]).median()) if len(steps) else 0
 
 
 def assignment_of(model: DataParallelModel, layout: Layout) -> Assignment:
@@ -336,7 +355,11 @@ def host_bound_ns(model: DataParallelModel, layout: Layout) -> int:
         return 0
     own = _owned_ns_per_step(model, layout) - _owned_ns_per_step(model, model.layout)
     demand = max(0.0, model.cpu_ns_per_step + own)
-    return int(layout.ranks_on_host * demand / layout.host_cores) + allreduce_ns(model, layout)
+    wait = model.wait_ns_per_step
+    calibrated, n = model.layout.world_size, layout.world_size
+    if calibrated > 1 and n > 1:
+        wait = int(wait * ring_factor(n) / ring_factor(calibrated))
+    return int(layout.ranks_on_host * demand / layout.host_cores) + wait
 
 
 def _idle(block: BlockCost) -> BlockCost:

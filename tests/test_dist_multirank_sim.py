@@ -74,6 +74,7 @@ def test_calibration_merges_the_ranks_and_reads_the_allreduce(
     target = Layout.of(read_rank_traces(four)[0])
     assert target == Layout(4, 4, "replicated", None, ranks_per_host=4, host_cores=cores)
     assert model.cpu_ns_per_step > 0  # every rank sampled its process's CPU time
+    assert model.wait_ns_per_step >= 0
     # only an owner measures a block's refresh; the model has every block's
     assert all(b.refresh_ns > 0 and b.hot_ns > 0 for b in model.workload.blocks)
     parameters = read_rank_traces(two)[0].metadata.model["parameters"]
@@ -93,11 +94,11 @@ def test_a_host_with_fewer_cores_than_ranks_bounds_the_step(
     from simulator.engine import SimConfig
     from simulator.multirank import (
         Layout,
-        allreduce_ns,
         calibrate,
         host_bound_ns,
         rank_workloads,
         read_rank_traces,
+        ring_factor,
         simulate_ranks,
     )
 
@@ -113,7 +114,8 @@ def test_a_host_with_fewer_cores_than_ranks_bounds_the_step(
     demand = 50_000_000 + owned(target) - owned(model.layout)
     for cores in (1, 2, 64):
         layout = dataclasses.replace(target, host_cores=cores)
-        expected = int(4 * demand / cores) + allreduce_ns(model, layout)
+        wait = int(model.wait_ns_per_step * ring_factor(4) / ring_factor(2))
+        expected = int(4 * demand / cores) + wait
         assert host_bound_ns(model, layout) == expected
     config = SimConfig(steps=6)
     free = simulate_ranks(model, dataclasses.replace(target, host_cores=0), config).step_ns
