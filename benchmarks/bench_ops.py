@@ -8,8 +8,9 @@ optimizer and its configuration, never on the machine or its load.
 
 For each optimizer the script builds it on the model (``bench_step``'s
 presets, refresh pushed out of the window: ``precondition_frequency = 10**9``),
-makes the first (init) call and two hot steps, then profiles one more hot step
-and one step in which a refresh falls due. It counts:
+makes the first (init) call and one hot step, then profiles one more hot step
+and one step in which a refresh falls due (a second warm-up step changes no
+count: checked for every row on the default GPT). It counts:
 
 - **ops**: aten operators called from Python (the top of the profiler's
   tree: an operator inside another operator is part of it), the dispatch count;
@@ -26,6 +27,7 @@ block. Run ``python benchmarks/bench_ops.py --help``; ``--quick`` is a tiny mode
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,6 +113,11 @@ class Subject:
     set_refresh: Callable[[bool], None] | None
 
 
+Make = Callable[[], Subject]
+"""Builds a subject when its turn comes: one model and optimizer state in memory at a time
+(at the large size one optimizer's state is gigabytes; all of them at once do not fit)."""
+
+
 def count_ops(step: Callable[[], None]) -> tuple[int, int]:
     """(ops, kernel ops) dispatched by one call of ``step``, counted by the CPU profiler."""
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -158,7 +165,7 @@ class Counter:
 
     def count(self, s: Subject) -> Counted:
         """Ops of ``optimizer.step()`` alone (gradients set outside the profiled region)."""
-        for _ in range(3):  # the init call and two hot steps (batched groups link on the first)
+        for _ in range(2):  # the init call and one hot step (batched groups link on the first)
             self.set_grads(s)
             s.optimizer.step()
         self.set_grads(s)
@@ -176,7 +183,11 @@ class Counter:
 
 
 # ------------------------------------------------------------------ subjects
-def ours(counter: Counter, label: str, name: str, batched: bool) -> Subject:
+def ours(counter: Counter, label: str, name: str, batched: bool) -> Make:
+    return lambda: our_subject(counter, label, name, batched)
+
+
+def our_subject(counter: Counter, label: str, name: str, batched: bool) -> Subject:
     model = counter.new_model()
     hp = hyperparameters(name)
     groups = optimizer_parameter_groups(name, model, hp["weight_decay"])
@@ -192,7 +203,7 @@ def ours(counter: Counter, label: str, name: str, batched: bool) -> Subject:
     return Subject(f"{label} ours {path}", label, model, optimizer, set_refresh)
 
 
-def heavyball_subjects(counter: Counter) -> list[Subject]:
+def heavyball_subjects(counter: Counter) -> list[Make]:
     try:
         import heavyball
         import heavyball.utils
@@ -200,66 +211,72 @@ def heavyball_subjects(counter: Counter) -> list[Subject]:
         print(f"heavyball: cannot import ({type(exc).__name__}: {exc}); skipping it.")
         return []
     heavyball.utils.compile_mode = None  # eager, as ours
-    out = []
-    for family, cls_name, name in (("SOAP", "SOAP", "soap"), ("KL-Shampoo", "KLShampoo", "kl")):
+    out: list[Make] = []
+    for family, cls_name in (("SOAP", "SOAP"), ("KL-Shampoo", "KLShampoo")):
         cls = getattr(heavyball, cls_name, None)
-        if cls is None:
-            continue
-        hp = hyperparameters("soap" if name == "soap" else "kl-shampoo")
-        model = counter.new_model()
-        optimizer = cls(
-            parameter_groups(model, hp["weight_decay"]),
-            lr=hp["lr"],
-            betas=(hp["beta1"], hp["beta2"]),
-            weight_decay=hp["weight_decay"],
-            precondition_frequency=NEVER,
-            max_precond_dim=10000,
-            precondition_1d=False,
-            warmup_steps=0,
-            compile_step=False,
-        )
-
-        def set_refresh(on: bool, optimizer: torch.optim.Optimizer = optimizer) -> None:
-            optimizer.precond_schedule = 1.0 if on else 1.0 / NEVER  # type: ignore[attr-defined]
-
-        out.append(Subject(f"{family} heavyball", family, model, optimizer, set_refresh))
+        if cls is not None:
+            out.append(lambda family=family, cls=cls: heavyball_subject(counter, family, cls))
     return out
 
 
-def pytorch_optimizer_subjects(counter: Counter) -> list[Subject]:
-    try:
-        import pytorch_optimizer
-    except Exception as exc:
-        print(f"pytorch_optimizer: cannot import ({type(exc).__name__}: {exc}); skipping it.")
-        return []
-    out = []
-    hp = hyperparameters("soap")
+def heavyball_subject(counter: Counter, family: str, cls: Any) -> Subject:
+    hp = hyperparameters("soap" if family == "SOAP" else "kl-shampoo")
     model = counter.new_model()
-    soap = pytorch_optimizer.SOAP(
+    optimizer = cls(
         parameter_groups(model, hp["weight_decay"]),
         lr=hp["lr"],
         betas=(hp["beta1"], hp["beta2"]),
         weight_decay=hp["weight_decay"],
         precondition_frequency=NEVER,
+        max_precond_dim=10000,
+        precondition_1d=False,
+        warmup_steps=0,
+        compile_step=False,
     )
 
-    # Their refresh steps are not counted (None): changing the frequency between
-    # steps is not something their optimizers read back, so no step here refreshes.
-    out.append(Subject("SOAP pytorch_optimizer", "SOAP", model, soap, None))
-    hp = hyperparameters("shampoo")
-    model = counter.new_model()
-    shampoo = pytorch_optimizer.ScalableShampoo(
-        parameter_groups(model, hp["weight_decay"]),
-        lr=hp["lr"],
-        betas=(hp["beta1"], hp["beta2"]),
-        weight_decay=hp["weight_decay"],
-        block_size=hp["block_size"],
-        start_preconditioning_step=1,
-        preconditioning_compute_steps=NEVER,
-    )
+    def set_refresh(on: bool) -> None:
+        optimizer.precond_schedule = 1.0 if on else 1.0 / NEVER
 
-    out.append(Subject("Shampoo pytorch_optimizer (Scalable)", "Shampoo", model, shampoo, None))
-    return out
+    return Subject(f"{family} heavyball", family, model, optimizer, set_refresh)
+
+
+def pytorch_optimizer_subjects(counter: Counter) -> list[Make]:
+    """SOAP and ScalableShampoo; their refresh steps are not counted (None): changing the
+    frequency between steps is not something they read back, so no step here refreshes."""
+    try:
+        import pytorch_optimizer
+    except Exception as exc:
+        print(f"pytorch_optimizer: cannot import ({type(exc).__name__}: {exc}); skipping it.")
+        return []
+
+    def soap() -> Subject:
+        hp = hyperparameters("soap")
+        model = counter.new_model()
+        optimizer = pytorch_optimizer.SOAP(
+            parameter_groups(model, hp["weight_decay"]),
+            lr=hp["lr"],
+            betas=(hp["beta1"], hp["beta2"]),
+            weight_decay=hp["weight_decay"],
+            precondition_frequency=NEVER,
+        )
+        return Subject("SOAP pytorch_optimizer", "SOAP", model, optimizer, None)
+
+    def shampoo() -> Subject:
+        hp = hyperparameters("shampoo")
+        model = counter.new_model()
+        optimizer = pytorch_optimizer.ScalableShampoo(
+            parameter_groups(model, hp["weight_decay"]),
+            lr=hp["lr"],
+            betas=(hp["beta1"], hp["beta2"]),
+            weight_decay=hp["weight_decay"],
+            block_size=hp["block_size"],
+            start_preconditioning_step=1,
+            preconditioning_compute_steps=NEVER,
+        )
+        label = "Shampoo pytorch_optimizer (Scalable)"
+        return Subject(label, "Shampoo", model, optimizer, None)
+
+    return [soap, shampoo]
 
 
 # -------------------------------------------------------------------- report
@@ -286,17 +303,19 @@ def run(config: GPTConfig, peers: bool) -> list[Counted]:
     counter = Counter(config)
     n_params = sum(g.numel() for g in counter.grads)
     print(f"model {config} ({n_params:,} parameters)", flush=True)
-    subjects = [ours(counter, "AdamW (torch)", "adamw", False)]
+    makes = [ours(counter, "AdamW (torch)", "adamw", False)]
     if muon_available():
-        subjects.append(ours(counter, "Muon (torch)", "muon", False))
+        makes.append(ours(counter, "Muon (torch)", "muon", False))
     for label, name in OURS:
-        subjects += [ours(counter, label, name, False), ours(counter, label, name, True)]
+        makes += [ours(counter, label, name, False), ours(counter, label, name, True)]
     if peers:
-        subjects += heavyball_subjects(counter) + pytorch_optimizer_subjects(counter)
+        makes += heavyball_subjects(counter) + pytorch_optimizer_subjects(counter)
     rows = []
-    for subject in subjects:
-        rows.append(counter.count(subject))
-        print(f"  counted {subject.label}", flush=True)
+    for make in makes:
+        row = counter.count(make())
+        gc.collect()  # the subject (its hooks make cycles) is freed before the next is built
+        rows.append(row)
+        print(f"  counted {row.label}", flush=True)
     rows.sort(key=lambda r: (r.family, r.label))
     return rows
 

@@ -333,3 +333,26 @@ def test_count_ops_counts_top_level_operators_and_kernels(monkeypatch: pytest.Mo
         x.to(torch.float64)
 
     assert count_ops(work) == (5, 3)
+
+
+def test_bench_ops_counts_a_steady_step_after_one_warm_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The counted hot step is steady: after the init call and the one hot step bench_ops
+    makes, every further hot step of ours (per block and batched) counts the same."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks.bench_ops import OURS, Counter, count_ops, our_subject
+    from benchmarks.bench_step import QUICK_MODEL
+
+    counter = Counter(QUICK_MODEL)
+    for label, name in OURS:
+        for batched in (False, True):
+            subject = our_subject(counter, label, name, batched)
+            for _ in range(2):
+                counter.set_grads(subject)
+                subject.optimizer.step()
+            counts = []
+            for _ in range(3):
+                counter.set_grads(subject)
+                counts.append(count_ops(subject.optimizer.step))
+            assert counts[0] == counts[1] == counts[2], (subject.label, counts)
+            assert counts[0][1] > 0
+            subject.optimizer.close()  # type: ignore[attr-defined]
