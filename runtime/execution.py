@@ -45,8 +45,9 @@ class ExecutionConfig:
     - ``parallel``: data parallelism (``runtime.distributed``): each block's
       refresh computed by its owner and published (``replicated``), or each
       rank updating its own blocks and gathering the rest (``sharded``).
-    - ``batched``: step same-shape blocks together as stacked tensors, one
-      kernel sequence per group instead of per block (``runtime.optim.batched``);
+    - ``batched``: step same-shape blocks together as stacked tensors: matmuls
+      once per group instead of per block, elementwise work once for all
+      groups of a param group (``torch._foreach_*``; ``runtime.optim.batched``);
       same math, fewer launches. Off by default until measured at least as
       fast on the hardware at hand.
     - ``compile``: run the batched hot path (statistics and preconditioning of
