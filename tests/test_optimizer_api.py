@@ -280,3 +280,31 @@ def test_shampoo_accepts_beta2_of_one_as_running_sums() -> None:
     optimizer = optimizer_class("Shampoo")(params, betas=(0.9, 1.0))
     step_with(optimizer, params, [torch.ones(3, 2, dtype=F64)])
     assert torch.isfinite(params[0]).all()
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("max_precond_dim", [None, 2])
+@pytest.mark.parametrize("batched", [False, True])
+def test_a_step_leaves_the_gradients_as_it_found_them(
+    name: str, max_precond_dim: int | None, batched: bool
+) -> None:
+    """``.grad`` belongs to the caller (a second optimizer, clipping, logging may read it);
+    with ``max_precond_dim = 2`` no side of a 4 x 3 matrix rotates, so the rotated
+    gradient is the gradient itself, and squaring it in place wrote over ``.grad``."""
+    shapes = [(4, 3), (3,)]
+    hparams = dict(TRAINING_HPARAMS[name])
+    if max_precond_dim is not None and name != "Shampoo":
+        hparams["max_precond_dim"] = max_precond_dim
+    from runtime import ExecutionConfig
+
+    execution = ExecutionConfig(batched=batched)
+    optimizer = optimizer_class(name)(make_params(shapes, seed=8), execution=execution, **hparams)
+    generator = torch.Generator().manual_seed(9)
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for _ in range(7):  # past a refresh (f = 5)
+        grads = grads_for(shapes, generator)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.clone()
+        optimizer.step()
+        for p, g in zip(params, grads, strict=True):
+            assert torch.equal(p.grad, g)

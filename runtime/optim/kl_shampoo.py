@@ -208,7 +208,8 @@ class KLShampoo(BlockedOptimizer):
         assert state.dL is not None and state.dR is not None
         beta = group["shampoo_beta"]
         a, b = g.shape
-        g_hat_sq = rotate_in(g, state.QL, state.QR).square_()
+        g_hat = rotate_in(g, state.QL, state.QR)
+        g_hat_sq = g_hat.square() if g_hat is g else g_hat.square_()  # g may be p.grad
         inv_dL, inv_dR = state.dL.reciprocal(), state.dR.reciprocal()
         if state.L is not None:
             h = rotate_in(g, None, state.QR) * inv_dR.sqrt()  # G·Q_R·diag(d_R^-1/2)
