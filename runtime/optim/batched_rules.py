@@ -22,7 +22,7 @@ result is not, gets the empty result, as in the per-block functions.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +114,18 @@ def finite_blocks(x: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------- AdamW
+def ema_(average: list[torch.Tensor], x: Sequence[torch.Tensor], beta: float) -> None:
+    """``average = beta * average + (1 - beta) * x``, in the per-block path's two operations."""
+    torch._foreach_mul_(average, beta)
+    torch._foreach_add_(average, x, alpha=1.0 - beta)
+
+
+def ema_square_(average: list[torch.Tensor], x: list[torch.Tensor], beta: float) -> None:
+    """``average = beta * average + (1 - beta) * x²``, in the per-block path's two operations."""
+    torch._foreach_mul_(average, beta)
+    torch._foreach_addcmul_(average, x, x, value=1.0 - beta)
+
+
 def adamw_step_foreach(
     w: list[torch.Tensor],
     g: list[torch.Tensor],
@@ -129,10 +141,8 @@ def adamw_step_foreach(
     bias_correction: bool = True,
 ) -> None:
     """``runtime.optim.adamw.adamw_step`` on lists of tensors (one kernel per operation)."""
-    torch._foreach_mul_(m, beta1)
-    torch._foreach_add_(m, g, alpha=1.0 - beta1)
-    torch._foreach_mul_(v, beta2)
-    torch._foreach_addcmul_(v, g, g, value=1.0 - beta2)
+    ema_(m, g, beta1)
+    ema_square_(v, g, beta2)
     step_size = lr
     if bias_correction:
         step_size = lr * (1.0 - beta2**step) ** 0.5 / (1.0 - beta1**step)
@@ -157,10 +167,8 @@ def soap_precondition(
     m, v = column(s, "M"), column(s, "V")
     beta1, beta2 = group["betas"]
     g_rot = [rotate_in(x, si["QL"], si["QR"]) for si, x in zip(s, g, strict=True)]
-    torch._foreach_mul_(m, beta1)
-    torch._foreach_add_(m, g_rot, alpha=1.0 - beta1)
-    torch._foreach_mul_(v, beta2)
-    torch._foreach_addcmul_(v, g_rot, g_rot, value=1.0 - beta2)
+    ema_(m, g_rot, beta1)
+    ema_square_(v, g_rot, beta2)
     step_size = group["lr"]
     if group["bias_correction"]:
         step_size = step_size * (1.0 - beta2**t) ** 0.5 / (1.0 - beta1**t)
@@ -235,8 +243,7 @@ def shampoo_statistics(
     v = present(s, "V")
     if v:
         beta2g = group["grafting_beta2"]
-        torch._foreach_mul_(v, beta2g)
-        torch._foreach_addcmul_(v, g, g, value=1.0 - beta2g)
+        ema_square_(v, g, beta2g)
 
 
 def shampoo_precondition(
@@ -248,8 +255,7 @@ def shampoo_precondition(
 ) -> list[Update]:
     m = column(s, "M")
     beta1 = group["betas"][0]
-    torch._foreach_mul_(m, beta1)
-    torch._foreach_add_(m, g, alpha=1.0 - beta1)
+    ema_(m, g, beta1)
     c1 = 1.0 - beta1**t if group["bias_correction"] else 1.0
     m_hat = torch._foreach_div(m, c1)
     directions = [
@@ -333,8 +339,7 @@ def kl_precondition(
 ) -> list[Update]:
     m, d_left, d_right = column(s, "M"), column(s, "dL"), column(s, "dR")
     beta1 = group["betas"][0]
-    torch._foreach_mul_(m, beta1)
-    torch._foreach_add_(m, g, alpha=1.0 - beta1)
+    ema_(m, g, beta1)
     m_rot = [rotate_in(x, si["QL"], si["QR"]) for si, x in zip(s, m, strict=True)]
     scale = [dl.unsqueeze(-1) * dr.unsqueeze(-2) for dl, dr in zip(d_left, d_right, strict=True)]
     torch._foreach_sqrt_(scale)
@@ -371,8 +376,7 @@ def kl_statistics(s: list[Slots], g: list[torch.Tensor], group: dict[str, Any], 
     cols = [float(x.shape[-1]) for x in g]
     estimates = torch._foreach_div(r + c, cols + rows)
     d = d_left + d_right
-    torch._foreach_mul_(d, beta)
-    torch._foreach_add_(d, estimates, alpha=1.0 - beta)
+    ema_(d, estimates, beta)
     if group["clamp"]:
         cap = group["clamp_cap"]
         floors = [clamp_floor(int(a), cap) for a in rows] + [clamp_floor(int(b), cap) for b in cols]
