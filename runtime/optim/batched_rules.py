@@ -22,7 +22,7 @@ result is not, gets the empty result, as in the per-block functions.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,7 +114,9 @@ def finite_blocks(x: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------- AdamW
-def ema_(average: list[torch.Tensor], x: Sequence[torch.Tensor], beta: float) -> None:
+def ema_(
+    average: list[torch.Tensor], x: list[torch.Tensor] | tuple[torch.Tensor, ...], beta: float
+) -> None:
     """``average = beta * average + (1 - beta) * x``, in the per-block path's two operations."""
     torch._foreach_mul_(average, beta)
     torch._foreach_add_(average, x, alpha=1.0 - beta)
