@@ -461,12 +461,11 @@ def test_run_publishes_across_two_nodes_with_an_inter_node_bound(tmp_path: Path)
 def test_inter_node_staleness_is_checked(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
 ) -> None:
-    from tests.cli_runner import run_cli
+    from tests.cli_runner import refused_in_one_line
 
     out = tmp_path / "x"
-    assert run_cli(["run", *args, "--out", str(out)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.endswith(f"--inter-node-staleness: {message}"), err
+    err = refused_in_one_line(["run", *args, "--out", str(out)], capsys)
+    assert err.endswith(f"--inter-node-staleness: {message}"), err
     assert not out.exists()
 
 
