@@ -245,9 +245,10 @@ def calibrate(run_dir: Path) -> DataParallelModel:
     workload = dataclasses.replace(models[0], step=step, blocks=tuple(blocks))
     meta = traces[0].metadata
     cpu_ns = _median_nonzero([cpu_ns_per_step(t) for t in traces])
+    layout = Layout.of(traces[0])
     return DataParallelModel(
         workload=workload,
-        layout=Layout.of(traces[0]),
+        layout=layout,
         collectives=Collectives(
             gradient_bytes=int(np.median([b for b, _ in reduced])),
             allreduce_ns=allreduce_ns,
@@ -255,7 +256,7 @@ def calibrate(run_dir: Path) -> DataParallelModel:
         ),
         hyperparameters=dict(meta.hyperparameters),
         cpu_ns_per_step=cpu_ns,
-        wait_ns_per_step=_wait_ns(traces, cpu_ns, Layout.of(traces[0])),
+        wait_ns_per_step=_wait_ns(traces, cpu_ns, layout),
     )
 
 
