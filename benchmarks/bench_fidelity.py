@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.table import Table
 
 from simulator.fidelity_cases import CASES_FILE, Case, load_cases, simulate_case
-from simulator.fidelity_fit import fit_efficiency, held_out
+from simulator.fidelity_fit import fit_efficiency, held_out, model_of
 from simulator.llm_step import ComputeEfficiency, compute_efficiency
 from simulator.profiles import load_profile
 
@@ -85,7 +85,7 @@ def print_fit(cases: list[Case]) -> None:
             f"{name}: the profile states:       {_numbers(compute_efficiency(load_profile(name)))}"
         )
         print(f"{name}: fitted, {_summary(list(fit.errors))}")
-        if len({c.name.split()[0] for c in on}) < 2:
+        if len({model_of(c) for c in on}) < 2:
             continue
         table = Table(title=f"{name}: each model held out, predicted by a fit on the others")
         for column in ("held-out model", "cases", "median |err|", "worst err", "worst case"):

@@ -28,7 +28,7 @@ from simulator.fidelity_cases import Case, simulate_case
 from simulator.llm_step import ComputeEfficiency
 from simulator.profiles import HardwareProfile, load_profile
 
-__all__ = ["Fit", "HeldOut", "fit_efficiency", "held_out", "log_errors"]
+__all__ = ["Fit", "HeldOut", "fit_efficiency", "held_out", "log_errors", "model_of"]
 
 LOWER = np.array([0.05, 0.05, 0.05, 0.0])
 UPPER = np.array([1.0, 1.0, 1.0, 1.0])

@@ -10,7 +10,7 @@ import pytest
 
 from benchmarks import bench_fidelity
 from simulator.fidelity_cases import CASES_FILE, CaseError, load_cases, simulate_case
-from simulator.fidelity_fit import fit_efficiency, held_out
+from simulator.fidelity_fit import fit_efficiency, held_out, model_of
 from simulator.llm_step import ComputeEfficiency, compute_efficiency
 from simulator.profiles import list_profiles, load_profile
 
@@ -56,7 +56,7 @@ def _as_if_measured(cases: list, efficiency: ComputeEfficiency) -> list:
 
 
 # distinct sequence lengths, micro-batches, recompute and node counts: each number matters
-VARIED = [c for c in CASES if c.name.split()[0] in ("mpt-13b", "mpt-3b", "mpt-760m")]
+VARIED = [c for c in CASES if model_of(c) in ("mpt-13b", "mpt-3b", "mpt-760m")]
 
 
 def test_the_fit_recovers_the_efficiencies_that_made_the_figures() -> None:
