@@ -56,6 +56,11 @@ def median(values: Iterable[float]) -> float:
     return statistics.median(values) if values else math.nan
 
 
+def mean(values: Iterable[float]) -> float:
+    values = [v for v in values if math.isfinite(v)]
+    return statistics.fmean(values) if values else math.nan
+
+
 def quartiles(values: Sequence[float]) -> tuple[float, float]:
     """25th and 75th percentiles (the spread printed beside a median)."""
     if len(values) < 2:

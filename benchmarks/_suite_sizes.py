@@ -105,6 +105,7 @@ class Sizes:
     min_gpt_run_s: float  # a gpu-gpt run is not started with less time than this left
     pressure: tuple[str, ...]  # bench_pressure.py options (besides --out)
     step: tuple[str, ...]  # bench_step.py options
+    compile: tuple[str, ...]  # bench_step.py options of the torch.compile stage
 
 
 GPU_GPT = GptSize(
@@ -155,6 +156,12 @@ GPU_SIZES = Sizes(
         *("--device", "cuda", "--n-layer", "4", "--n-head", "12", "--n-embd", "768"),
         *("--context", "512", "--rounds", "5", "--hot-per-round", "3", "--warmup", "2"),
     ),
+    # The default GPT, where launches dominate and fusing them is what compile is for;
+    # its warm-up compiles SOAP, Shampoo and KL-Shampoo's phases (most of the stage).
+    compile=(
+        *("--device", "cuda", "--compile", "--no-heavyball"),
+        *("--rounds", "5", "--hot-per-round", "5", "--warmup", "3"),
+    ),
 )
 
 DRY_SIZES = Sizes(
@@ -176,4 +183,5 @@ DRY_SIZES = Sizes(
     min_gpt_run_s=5.0,
     pressure=("--device", "cpu", "--quick"),
     step=("--quick",),
+    compile=("--quick", "--compile", "--no-heavyball"),
 )

@@ -2,7 +2,7 @@
 # The GPU suite as one command for a GPU machine, and the three files it leaves.
 #
 #   bash benchmarks/gpu_suite.sh             # on the GPU machine: ~8 minutes, from the repository root
-#   bash benchmarks/gpu_suite.sh --dry-run   # anywhere: the same stages on the CPU, ~1 minute
+#   bash benchmarks/gpu_suite.sh --dry-run   # anywhere: the same stages on the CPU, ~2 minutes
 #
 # Arguments go to benchmarks/gpu_suite.py (--dry-run, --only STAGE,..., --budget-s S).
 # The repository is not pip-installed there: it runs from the checkout with

@@ -76,7 +76,11 @@ def test_dry_run_runs_every_stage_and_writes_the_evidence(tmp_path: Path) -> Non
     gpt_rows = {r["run"]: r for r in pipe_table(summary.split("## gpu-gpt")[1], "run")}
     assert float(gpt_rows["gpt-adamw"]["vs AdamW median"]) == 1.0
     assert float(gpt_rows["gpt-soap-sync"]["vs AdamW median"]) > 0
-    assert "heavyball" in summary and "batched: not built yet" in summary
+    assert "heavyball" in summary
+    step = summary.split("## step")[1].split("## ")[0]
+    assert "| SOAP batched " in step and "Batched execution" in step  # batched rows are timed
+    compiled = summary.split("## compile")[1]
+    assert "batched+compile" in compiled and "hot step compiled / per block: " in summary
     assert "| soap pressure |" in summary  # bench_pressure's table, captured
     assert (measured / "gpu-suite.json").is_file() and (measured / "logs" / "step.log").is_file()
 
