@@ -21,7 +21,9 @@ count: checked for every row on the default GPT). It counts:
 Rows: ours per block and batched (``ExecutionConfig(batched=True)``), and where
 installed heavyball (eager) and pytorch_optimizer, on the default GPT and with
 ``--large`` on a 12-layer, 768-wide GPT. The goal is batched <= 1/5 of per
-block. Run ``python benchmarks/bench_ops.py --help``; ``--quick`` is a tiny model.
+block. ``--placement host`` (or ``lifecycle``, ``pressure``) counts ours with
+their state tiered, where a batch is one group and its slots are stacked and
+copied back every step. Run ``python benchmarks/bench_ops.py --help``; ``--quick`` is a tiny model.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from asteria_bench.workload.model import GPT, GPTConfig
 from benchmarks._common import environment_line, format_table, set_threads
 from benchmarks.bench_step import NEVER, QUICK_MODEL, hyperparameters
 from runtime.execution import ExecutionConfig
+from runtime.policies.placement import parse_placement
 
 LARGE_MODEL = GPTConfig(n_layer=12, n_head=12, n_embd=768, context=64)
 OURS = (("SOAP", "soap"), ("Shampoo", "shampoo"), ("KL-Shampoo", "kl-shampoo"))
@@ -183,15 +186,21 @@ class Counter:
 
 
 # ------------------------------------------------------------------ subjects
-def ours(counter: Counter, label: str, name: str, batched: bool) -> Make:
-    return lambda: our_subject(counter, label, name, batched)
+def ours(counter: Counter, label: str, name: str, batched: bool, placement: str = "device") -> Make:
+    return lambda: our_subject(counter, label, name, batched, placement)
 
 
-def our_subject(counter: Counter, label: str, name: str, batched: bool) -> Subject:
+def our_subject(
+    counter: Counter, label: str, name: str, batched: bool, placement: str = "device"
+) -> Subject:
     model = counter.new_model()
     hp = hyperparameters(name)
     groups = optimizer_parameter_groups(name, model, hp["weight_decay"])
-    optimizer = build_optimizer(name, groups, hp, ExecutionConfig(batched=batched))
+    tiered = placement != "device" and name not in ("adamw", "muon")
+    execution = ExecutionConfig(
+        batched=batched, placement=parse_placement(placement) if tiered else None
+    )
+    optimizer = build_optimizer(name, groups, hp, execution)
     if name in ("adamw", "muon"):
         return Subject(label, label, model, optimizer, None)
 
@@ -299,7 +308,7 @@ def table(rows: list[Counted]) -> str:
     return format_table(headers, body)
 
 
-def run(config: GPTConfig, peers: bool) -> list[Counted]:
+def run(config: GPTConfig, peers: bool, placement: str = "device") -> list[Counted]:
     counter = Counter(config)
     n_params = sum(g.numel() for g in counter.grads)
     print(f"model {config} ({n_params:,} parameters)", flush=True)
@@ -307,7 +316,7 @@ def run(config: GPTConfig, peers: bool) -> list[Counted]:
     if muon_available():
         makes.append(ours(counter, "Muon (torch)", "muon", False))
     for label, name in OURS:
-        makes += [ours(counter, label, name, False), ours(counter, label, name, True)]
+        makes += [ours(counter, label, name, b, placement) for b in (False, True)]
     if peers:
         makes += heavyball_subjects(counter) + pytorch_optimizer_subjects(counter)
     rows = []
@@ -334,7 +343,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-peers", action="store_true", help="only ours, AdamW and Muon")
     parser.add_argument("--quick", action="store_true", help="a tiny model: a smoke run")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--placement",
+        default="device",
+        help="where our optimizers keep their state: device (default), host, lifecycle,"
+        " pressure[:LOW_MiB:HIGH_MiB]",
+    )
+    args = parser.parse_args(argv)
+    try:
+        parse_placement(args.placement)
+    except ValueError as exc:
+        parser.error(f"--placement: {exc}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -345,9 +365,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.large and not args.quick:
         configs.append(LARGE_MODEL)
     for config in configs:
-        rows = run(config, peers=not args.no_peers)
+        rows = run(config, peers=not args.no_peers, placement=args.placement)
         print()
-        print(f"Operators per optimizer step, n_layer={config.n_layer}, n_embd={config.n_embd}")
+        print(
+            f"Operators per optimizer step, n_layer={config.n_layer}, n_embd={config.n_embd}, "
+            f"ours with placement {args.placement}"
+        )
         print(table(rows))
         for family in ("SOAP", "Shampoo", "KL-Shampoo"):
             pair = {r.label: r for r in rows if r.family == family}

@@ -174,9 +174,62 @@ def test_every_placement(name: str, placement: str, staleness: str) -> None:
         staleness=Bounded(2) if staleness == "bounded" else ExecutionConfig().staleness,
         device_budget_bytes=20000 if placement == "pressure" else None,
     )
-    shapes = [(6, 6), (6, 6), (6, 6), (3,)]
+    shapes = [(6, 6), (6, 6), (6, 6), (5, 3), (3,)]  # two matrix groups in one batch
     optimizer = assert_paths_agree(name, shapes, HPARAMS[name], execution=execution, steps=12)
     assert isinstance(optimizer.store, TieredStateStore) == (placement != "device")
+
+
+@pytest.mark.parametrize("name", sorted(CLASSES))
+@pytest.mark.parametrize("budget", ["none", "one group"])
+def test_tiered_batches_hold_what_the_device_budget_fits(
+    name: str, budget: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a tiered placement a batch takes groups while their working sets fit the budget
+    (a group that does not fit beside another steps alone); the math is the per-block math."""
+    shapes = [(6, 6), (6, 6), (5, 3), (5, 3), (3,)]
+    probe = CLASSES[name](
+        [torch.nn.Parameter(torch.zeros(s, dtype=F64)) for s in shapes], **HPARAMS[name]
+    )
+    block_bytes = {b.id: probe._slot_bytes(b) for b in probe.blocks if b.is_matrix}
+    group_6x6 = sum(n for i, n in block_bytes.items() if i.startswith(("p0.", "p1.")))
+    limits = {"none": None, "one group": group_6x6}
+    execution = ExecutionConfig(
+        placement=parse_placement("host"), device_budget_bytes=limits[budget]
+    )
+    batches: list[list[str]] = []
+    original = BatchedStepper._matrix_batch
+
+    def spy(self: BatchedStepper, batch: list[Any], *args: Any) -> None:
+        batches.append([part.bg.name for part in batch])
+        original(self, batch, *args)
+
+    monkeypatch.setattr(BatchedStepper, "_matrix_batch", spy)
+    assert_paths_agree(name, shapes, HPARAMS[name], execution=execution, steps=6)
+    stepped = 6 - probe.skips_first_call  # SOAP and KL-Shampoo's first call only initialise
+    together = [["m0:6x6", "m1:5x3"]] * stepped
+    apart = [["m0:6x6"], ["m1:5x3"]] * stepped
+    assert batches == (together if budget == "none" else apart)
+
+
+@pytest.mark.parametrize("name", sorted(CLASSES))
+def test_slots_declared_read_only_are_not_written_by_a_hot_step(name: str) -> None:
+    """What lets a tiered batch skip copying bases and roots back: a hot step leaves
+    the read-only slots bit for bit as they were, and writes the others."""
+    optimizer = run(name, [(4, 4), (4, 4), (4, 3)], HPARAMS[name], ExecutionConfig(batched=True))[1]
+    for group in optimizer.param_groups:
+        group["precondition_frequency"] = 10**9  # no refresh due, none pending (sync)
+    stepper = optimizer._batched
+    assert isinstance(stepper, BatchedStepper)
+    before = {(g.name, k): v.clone() for g in stepper.groups for k, v in g.stacked.items()}
+    assert {k for _, k in before} == set(stepper.rule.slots)
+    generator = torch.Generator().manual_seed(1)
+    for p in (p for group in optimizer.param_groups for p in group["params"]):
+        p.grad = torch.randn(p.shape, generator=generator, dtype=F64)
+    optimizer.step()
+    for g in stepper.groups:
+        for slot, stacked in g.stacked.items():
+            unchanged = torch.equal(stacked, before[g.name, slot])
+            assert unchanged == (slot in stepper.rule.read_only), (g.name, slot)
 
 
 def test_device_placement_keeps_each_group_stacked() -> None:

@@ -332,8 +332,10 @@ def test_bench_dist_quick_prints_balance_and_bytes_per_mode() -> None:
             assert float(row["publish intra"]) == 0 and float(row["allgather"]) > 0
 
 
-def test_bench_ops_quick() -> None:
-    out = run_quick("bench_ops.py", "--no-peers")
+@pytest.mark.parametrize("placement", ["device", "host"])
+def test_bench_ops_quick(placement: str) -> None:
+    out = run_quick("bench_ops.py", "--no-peers", "--placement", placement)
+    assert f"ours with placement {placement}" in out
     rows = {r["optimizer"]: r for r in table(out, "optimizer", "hot ops")}
     for family in ("SOAP", "Shampoo", "KL-Shampoo"):
         per_block, batched = rows[f"{family} ours per block"], rows[f"{family} ours batched"]
@@ -342,6 +344,18 @@ def test_bench_ops_quick() -> None:
         assert int(batched["hot kernel ops"]) <= int(batched["hot ops"])
         assert int(per_block["refresh-step ops"]) > int(per_block["hot ops"])
         assert f"{family}: batched / per block = " in out
+
+
+def test_bench_ops_names_a_bad_placement_and_exits_2() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_ops.py"), "--placement", "attic"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "--placement: unknown placement policy 'attic'" in proc.stderr.splitlines()[-1]
 
 
 def test_count_ops_counts_top_level_operators_and_kernels(monkeypatch: pytest.MonkeyPatch) -> None:

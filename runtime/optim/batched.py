@@ -18,11 +18,13 @@ Where state lives, and what stays per block:
   block. A slot a refresh install replaces (a new basis, a permuted V) is
   re-stacked at the next phase that needs it.
 - **Tiered placements** (``host``, ``lifecycle``, ``pressure``): tiers stay per
-  block, and a batch is one group, so that the device holds one group's
-  working set at a time, as its budget assumes. Each step a group's block
-  states are taken from the tiered store as usual, stacked, stepped and copied
-  back into the block tensors the store hands back, which it then writes back
-  to their tiers.
+  block. A batch takes groups, in order, while their working sets together fit
+  the device budget less what rests on the device; a group that does not fit
+  beside others is a batch alone, and with no budget every group of the step is
+  one batch. Each step a batch's block states are taken from the tiered store
+  as usual, stacked, stepped, and the slots the step wrote are copied back into
+  the block tensors the store hands back, which it then writes back to their
+  tiers (the bases and roots the hot path only reads are not copied back).
 - **Refreshes**: computed per group (batched QR / eigh over the group's
   snapshot), but queued, installed and checkpointed **per block**: each block
   gets its slice of the group's result at the install step its staleness
@@ -153,6 +155,7 @@ class BatchedStepper:
         self.rule: BatchedRule = RULES[optimizer.spec.name]
         self.groups = group_blocks(optimizer)
         self.persistent = optimizer.execution.placement is None
+        self._block_bytes: dict[str, int] = {}  # a block's working set, for tiered batches
         self.statistics = self.rule.statistics
         self.precondition = self.rule.precondition
         if optimizer.execution.compile:
@@ -188,15 +191,44 @@ class BatchedStepper:
         apply_updates(updates)
 
     def _batches(self, parts: list[_Part]) -> list[list[_Part]]:
-        """Parts that step together: all of one param group, t, dtype and device; one alone
-        under a tiered placement (whose device budget holds one group's working set)."""
-        if not self.persistent:
-            return [[part] for part in parts]
+        """Parts that step together: those of one param group, t, dtype and device; under a
+        tiered placement, split so that each batch's working set fits the device budget."""
         batches: dict[tuple[Any, ...], list[_Part]] = {}
         for part in parts:
             key = part.bg.key
             batches.setdefault((key.param_group, part.t, key.dtype, key.device), []).append(part)
-        return list(batches.values())
+        if self.persistent:
+            return list(batches.values())
+        room = self._device_room()
+        out: list[list[_Part]] = []
+        for same in batches.values():
+            batch: list[_Part] = []
+            held = 0
+            for part in same:
+                need = sum(self._working_set(b) for b in part.blocks)
+                if batch and held + need > room:
+                    out.append(batch)
+                    batch, held = [], 0
+                batch.append(part)
+                held += need
+            out.append(batch)
+        return out
+
+    def _device_room(self) -> int:
+        """Device bytes a tiered batch may hold: the budget less what rests there."""
+        from runtime.tiers import Tier, TieredStateStore
+
+        budget = self.optimizer.execution.device_budget_bytes
+        store = self.optimizer.store
+        if budget is None or not isinstance(store, TieredStateStore):
+            return 1 << 62
+        return budget - store.tier_bytes()[Tier.DEVICE]
+
+    def _working_set(self, block: Block) -> int:
+        nbytes = self._block_bytes.get(block.id)
+        if nbytes is None:
+            nbytes = self._block_bytes[block.id] = self.optimizer._slot_bytes(block)
+        return nbytes
 
     def _prepare(self, p: torch.Tensor, group: dict[str, Any]) -> _Active | None:
         """The per-parameter part of a step: checks, first-call init, the step counter."""
@@ -283,7 +315,7 @@ class BatchedStepper:
                 # The per-block install (rejections and counters included) on
                 # block states made current; slots it replaced are re-stacked.
                 for part in batch:
-                    self._scatter(part)
+                    self._scatter([part])
                     for block, state in zip(part.blocks, part.states, strict=True):
                         opt._install_due(block, state, t)
                     part.slots = self._gather(part)
@@ -296,8 +328,8 @@ class BatchedStepper:
                     ]
                     if due_blocks:
                         self._submit(part, due_blocks, group)
+        self._scatter(batch)
         for part in batch:
-            self._scatter(part)
             for block, state in zip(part.blocks, part.states, strict=True):
                 if opt._recorder.enabled:
                     age = t - opt._active_version.get(block.id, 0)
@@ -332,18 +364,28 @@ class BatchedStepper:
                 bg.stacked[name], bg.views[name] = stacked, views
         return out
 
-    def _scatter(self, part: _Part) -> None:
-        """Copy stacked slots back into block tensors that are not views of them."""
-        bg, states = part.bg, part.states
-        for name, stacked in part.slots.items():
-            if stacked is None:
-                continue
-            tensors = [getattr(s, name) for s in states]
-            views = bg.views.get(name)
-            linked = views is not None and bg.stacked.get(name) is stacked
-            if linked and all(x is y for x, y in zip(tensors, views or (), strict=True)):
-                continue
-            torch._foreach_copy_(tensors, list(stacked.unbind(0)))
+    def _scatter(self, parts: list[_Part]) -> None:
+        """Copy the slots the step wrote back into block tensors that are not views of them,
+        all parts in one ``_foreach_copy_``.
+
+        Slots the hot phases only read (``rule.read_only``) are skipped: their
+        stacks were made from the block tensors and still equal them.
+        """
+        targets: list[torch.Tensor] = []
+        sources: list[torch.Tensor] = []
+        for part in parts:
+            for name, stacked in part.slots.items():
+                if stacked is None or name in self.rule.read_only:
+                    continue
+                tensors = [getattr(s, name) for s in part.states]
+                views = part.bg.views.get(name)
+                linked = views is not None and part.bg.stacked.get(name) is stacked
+                if linked and all(x is y for x, y in zip(tensors, views or (), strict=True)):
+                    continue
+                targets += tensors
+                sources += stacked.unbind(0)
+        if targets:
+            torch._foreach_copy_(targets, sources)
 
     def _submit(self, part: _Part, due: list[int], group: dict[str, Any]) -> None:
         """One batched refresh job for the part's due blocks; each block queues its slice."""

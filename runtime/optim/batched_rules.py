@@ -391,6 +391,8 @@ class BatchedRule:
     """One optimizer's batched phases and refresh, and the slots they stack."""
 
     slots: tuple[str, ...]
+    read_only: frozenset[str]
+    """Slots the hot phases only read (bases, roots): their stacks need no copy back."""
     statistics: Callable[[list[Slots], list[torch.Tensor], dict[str, Any], int], None]
     """A batch's factor statistics: each group's slots and stacked gradient, in place."""
     precondition: Callable[
@@ -404,16 +406,25 @@ class BatchedRule:
 
 RULES: dict[str, BatchedRule] = {
     "soap": BatchedRule(
-        ("L", "R", "QL", "QR", "M", "V"), soap_statistics, soap_precondition, soap_refresh_batched
+        ("L", "R", "QL", "QR", "M", "V"),
+        frozenset({"QL", "QR"}),
+        soap_statistics,
+        soap_precondition,
+        soap_refresh_batched,
     ),
     "shampoo": BatchedRule(
         ("L", "R", "L_root", "R_root", "M", "V"),
+        frozenset({"L_root", "R_root"}),
         shampoo_statistics,
         shampoo_precondition,
         shampoo_refresh_batched,
     ),
     "kl-shampoo": BatchedRule(
-        ("L", "R", "QL", "QR", "dL", "dR", "M"), kl_statistics, kl_precondition, kl_refresh_batched
+        ("L", "R", "QL", "QR", "dL", "dR", "M"),
+        frozenset({"QL", "QR"}),
+        kl_statistics,
+        kl_precondition,
+        kl_refresh_batched,
     ),
 }
 """The batched rule of each optimizer, by its plan's name."""
