@@ -510,15 +510,15 @@ def train(
             except DeviceOutOfMemory as exc:
                 stopped = str(exc)
                 break
-            except RuntimeError as exc:
-                if dist is None or not is_collective_failure(exc):
-                    raise
-                raise dist.explain_failure(exc) from None
-            except torch.cuda.OutOfMemoryError as exc:
+            except torch.cuda.OutOfMemoryError as exc:  # a RuntimeError: caught before those
                 reason = str(exc).splitlines()[0] if str(exc) else "CUDA out of memory"
                 placement = config.runtime.placement
                 stopped = f"out of device memory in step {step} (placement {placement}): {reason}"
                 break
+            except RuntimeError as exc:
+                if dist is None or not is_collective_failure(exc):
+                    raise
+                raise dist.explain_failure(exc) from None
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
                 stopped = f"loss became {loss_value} at step {step}"

@@ -218,6 +218,41 @@ def test_out_of_device_memory_keeps_the_trace_and_exits_1(
     assert len(pd.read_parquet(pressure / "metrics.parquet")) == 3
 
 
+def test_cuda_out_of_memory_in_a_step_stops_the_run_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The allocator's OOM (a RuntimeError) stops the run like the budget does, not as a crash."""
+    import torch
+
+    import asteria_bench.train as train_module
+
+    real_build = train_module.build_optimizer
+
+    def build(*args: object, **kwargs: object) -> torch.optim.Optimizer:
+        optimizer = real_build(*args, **kwargs)  # type: ignore[arg-type]
+        real_step, calls = optimizer.step, [0]
+
+        def step() -> None:
+            calls[0] += 1
+            if calls[0] == 2:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            real_step()
+
+        optimizer.step = step  # type: ignore[method-assign]
+        return optimizer
+
+    monkeypatch.setattr(train_module, "build_optimizer", build)
+    out = tmp_path / "run"
+    rc = run_cli(["run", "--optimizer", "soap", "--steps", "3", "--out", str(out), *TINY])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "out of device memory in step 2 (placement device): CUDA out of memory." in err
+    assert "Traceback" not in err
+    staging = out.with_name("run.incomplete")
+    assert "out of device memory in step 2" in (staging / "INCOMPLETE").read_text()
+    assert 3 not in set(pd.read_parquet(staging / "metrics.parquet")["step"])  # stopped
+
+
 def test_console_script_entry_point(tmp_path: Path) -> None:
     """The installed ``asteria-bench`` entry point (through ``python -m``) exits 2 on bad input."""
     proc = subprocess.run(
