@@ -38,6 +38,7 @@ from runtime.distributed import (
     DistContext,
     ParallelConfig,
     check_staleness_for_ranks,
+    collective_device,
     is_collective_failure,
 )
 from runtime.execution import ExecutionConfig
@@ -280,7 +281,8 @@ def _stop_agreed(stop: StopRequest, dist: DistContext | None) -> bool:
         return stop.requested
     import torch.distributed as torch_dist
 
-    flag = torch.tensor([1 if stop.requested else 0], dtype=torch.int32)
+    device = collective_device(dist.backend)
+    flag = torch.tensor([1 if stop.requested else 0], dtype=torch.int32, device=device)
     torch_dist.all_reduce(flag, op=torch_dist.ReduceOp.MAX)
     return bool(flag.item())
 

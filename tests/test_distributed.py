@@ -499,3 +499,50 @@ def test_fsdp2_options_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture
     assert run_cli([*args, "--out", str(tmp_path / "y")]) == 2
     err = capsys.readouterr().err
     assert "--inter-node-staleness: expected --parallel ddp (under fsdp2" in err
+
+
+def test_collective_device_is_the_current_gpu_under_nccl(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NCCL has no host transport: a flag all-reduced there must be on the rank's GPU."""
+    from runtime.distributed import collective_device
+
+    assert collective_device("gloo") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert collective_device("nccl") == torch.device("cuda", 3)
+
+
+def test_flags_all_reduced_each_step_are_made_where_the_backend_wants_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stop flag (every step) and the checkpoint's agreement flag ask for the backend's device.
+
+    A GPU cannot be had here, so ``collective_device`` is replaced by one that notes the
+    backend and hands out the host; the real one is checked above.
+    """
+    import torch.distributed as torch_dist
+
+    import asteria_bench.train as train_module
+    import runtime.distributed.context as context_module
+    from asteria_bench.checkpointing import StopRequest
+    from runtime.checkpoint import CheckpointManager
+    from runtime.distributed import DistContext
+    from runtime.plan.ownership import Topology
+
+    asked: list[str] = []
+    reduced: list[torch.device] = []
+
+    def host_for(backend: str) -> torch.device:
+        asked.append(backend)
+        return torch.device("cpu")
+
+    def all_reduce(tensor: torch.Tensor, op: object = None) -> None:
+        reduced.append(tensor.device)
+
+    monkeypatch.setattr(train_module, "collective_device", host_for)
+    monkeypatch.setattr(context_module, "collective_device", host_for)
+    monkeypatch.setattr(torch_dist, "all_reduce", all_reduce)
+    monkeypatch.setattr(torch_dist, "get_backend", lambda group=None: "nccl")
+    ctx = DistContext(rank=0, world_size=2, topology=Topology(2, 2), backend="nccl", timeout_s=1)
+    assert train_module._stop_agreed(StopRequest(), ctx) is False
+    manager = CheckpointManager(tmp_path, rank=0, world_size=2)
+    assert manager._all_ok(True) is True
+    assert asked == ["nccl", "nccl"] and reduced == [torch.device("cpu")] * 2

@@ -352,7 +352,10 @@ class CheckpointManager:
             return ok
         import torch.distributed as dist
 
-        flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
+        from runtime.distributed.context import collective_device
+
+        device = collective_device(str(dist.get_backend()))
+        flag = torch.tensor([1 if ok else 0], dtype=torch.int32, device=device)
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         return bool(flag.item())
 

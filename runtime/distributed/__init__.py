@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from runtime.distributed.context import (
     DistContext,
     DistError,
+    collective_device,
     init_distributed,
     is_collective_failure,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "DistError",
     "ParallelConfig",
     "check_staleness_for_ranks",
+    "collective_device",
     "init_distributed",
     "is_collective_failure",
 ]

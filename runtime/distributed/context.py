@@ -184,6 +184,14 @@ def is_collective_failure(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(sign in text for sign in _COLLECTIVE_SIGNS)
 
 
+def collective_device(backend: str) -> torch.device:
+    """Where a tensor made for a collective must live: the current GPU under NCCL, which
+    has no host transport (a CPU tensor fails there), the host under gloo."""
+    if backend == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def env_world() -> tuple[int, int, int | None]:
     """(rank, world size, local world size) from torchrun's environment; (0, 1, None) outside it."""
     rank = int(os.environ.get("RANK", "0"))
