@@ -163,3 +163,64 @@ def test_build_pipeline_picks_the_executor_the_config_names() -> None:
         threads.close()
     with pytest.raises(ValueError, match="CUDA"):
         build_pipeline(ExecutionConfig(staleness=Bounded(2), root_device="device"), rec, [CPU])
+
+
+class MarkedTensor(torch.Tensor):
+    """Stands in for a CUDA tensor here: notes the streams it is recorded as used on."""
+
+    @property
+    def is_cuda(self) -> bool:  # type: ignore[override]
+        return True
+
+    def record_stream(self, stream: object) -> None:  # type: ignore[override]
+        self.__dict__.setdefault("streams", []).append(stream)
+
+
+@dataclass
+class TwoResults:
+    on_gpu: torch.Tensor | None
+    on_host: torch.Tensor | None
+    count: int = 0
+
+
+def test_cuda_stream_jobs_run_on_the_training_device_and_free_results_after_its_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Worker streams on the training thread's device; results recorded on its stream.
+
+    No GPU here: ``torch.cuda``'s stream calls are replaced by ones that note
+    what they were asked, and the result's device tensor by a ``MarkedTensor``.
+    """
+    import contextlib
+
+    from runtime.refresh import CudaStreamExecutor
+
+    made: list[tuple[object, int]] = []
+
+    class FakeStream:
+        def __init__(self, device: object = None, priority: int = 0) -> None:
+            made.append((device, priority))
+
+        def wait_event(self, event: object) -> None:
+            raise AssertionError("no event: the snapshot is on the host")
+
+        def synchronize(self) -> None:
+            return None
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: f"stream of {device}")
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    on_gpu = torch.Tensor._make_subclass(MarkedTensor, torch.zeros(2))
+    on_host = torch.zeros(2)
+    executor = CudaStreamExecutor(1, Recorder(enabled=False), priority=0)
+    try:
+        job = RefreshJob("b", 1, 1, lambda x: TwoResults(on_gpu, on_host), Result(torch.ones(1)))
+        result = executor.run(job).outcome().result
+        batched = RefreshJob("g", 1, 1, lambda x: [TwoResults(on_gpu, None)], Result(None))
+        assert executor.run(batched).outcome().result[0].on_gpu is on_gpu
+    finally:
+        executor.close()
+    assert result.on_gpu is on_gpu and made == [(2, 0)]
+    assert on_gpu.__dict__["streams"] == ["stream of 2"] * 2
+    assert "streams" not in on_host.__dict__

@@ -253,11 +253,18 @@ class ThreadExecutor:
 
 
 class CudaStreamExecutor(ThreadExecutor):
-    """Threads whose jobs run on a low-priority CUDA stream each (``root_device='device'``)."""
+    """Threads whose jobs run on a low-priority CUDA stream each (``root_device='device'``).
+
+    Made on the training thread: its current device and stream are where the
+    results are used. A worker thread starts on device 0 whatever the training
+    thread chose, so each stream is made on that device explicitly.
+    """
 
     def __init__(self, workers: int, recorder: Recorder, *, priority: int) -> None:
         super().__init__(workers, recorder, snapshot_device=None)
         self._priority = priority
+        self._device = torch.cuda.current_device()
+        self._consumer = torch.cuda.current_stream(self._device)
         self._streams: dict[int, Any] = {}
         self._lock = threading.Lock()
 
@@ -265,7 +272,7 @@ class CudaStreamExecutor(ThreadExecutor):
         ident = threading.get_ident()
         with self._lock:
             if ident not in self._streams:
-                self._streams[ident] = torch.cuda.Stream(priority=self._priority)
+                self._streams[ident] = torch.cuda.Stream(self._device, priority=self._priority)
             return self._streams[ident]
 
     def _compute(self, job: RefreshJob, ready: Any) -> Any:
@@ -275,7 +282,29 @@ class CudaStreamExecutor(ThreadExecutor):
         with torch.cuda.stream(stream):
             result = job.compute(job.inputs)
         stream.synchronize()
+        used_on(result, self._consumer)
         return result
+
+
+def used_on(result: Any, stream: Any) -> None:
+    """Tell the allocator that the result's CUDA tensors are used on ``stream`` too.
+
+    They were allocated on a worker's stream, so once the training thread
+    drops one (an install replaces a basis right after enqueuing the kernels
+    that read it) its memory would go back to that worker's stream at once,
+    and a job running there could write into it before those kernels ran.
+    ``record_stream`` holds the memory until ``stream``'s work queued by then is done.
+    A batched job's result is a list of per-block results.
+    """
+    if isinstance(result, (list, tuple)):
+        for item in result:
+            used_on(item, stream)
+    elif isinstance(result, torch.Tensor):
+        if result.is_cuda:
+            result.record_stream(stream)
+    elif dataclasses.is_dataclass(result) and not isinstance(result, type):
+        for f in dataclasses.fields(result):
+            used_on(getattr(result, f.name), stream)
 
 
 def _copies_done_event(snapshot: Any) -> Any:
