@@ -215,7 +215,7 @@ def hardware_line(path: Path) -> str:
     meta = json.loads((path / "trace" / "metadata.json").read_text())
     hw, sw = meta.get("hardware", {}), meta.get("software", {})
     gpus = ", ".join(
-        f"{g.get('name')} ({g.get('memory_bytes', 0) / 2**30:.0f} GiB, driver {g.get('driver')})"
+        f"{g.get('name')} ({g.get('memory_bytes', 0) / 2**30:.0f} GiB, driver {g.get('driver_version')})"
         for g in hw.get("gpus", [])
     )
     return (

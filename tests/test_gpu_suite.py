@@ -146,3 +146,21 @@ def test_parsers_read_what_the_tools_print() -> None:
     assert errors.overhead_error == pytest.approx(0.819)
     with pytest.raises(ValueError, match="p99 step"):
         replay_errors("r", "│ median step │ 1 ms │ 2 ms │ 3% │")
+
+
+def test_hardware_line_names_the_gpu_as_the_schema_records_it(tmp_path: Path) -> None:
+    """The summary's hardware line from a GPU run's metadata, written from the schema's types."""
+    from dataclasses import asdict
+
+    from benchmarks._suite import hardware_line
+    from traces.schema import GpuInfo, HardwareInfo, SoftwareInfo
+
+    gpu = GpuInfo(0, "NVIDIA H200", 141 << 30, "570.86")
+    hardware = HardwareInfo("Xeon", 16, 8, 128 << 30, gpus=(gpu,))
+    software = SoftwareInfo("3.12", "2.11", "Linux", "0.1.0", cuda="12.8")
+    (tmp_path / "trace").mkdir()
+    meta = {"hardware": asdict(hardware), "software": asdict(software), "device": "cuda:0"}
+    (tmp_path / "trace" / "metadata.json").write_text(json.dumps(meta))
+    line = hardware_line(tmp_path)
+    assert line.startswith("GPUs: NVIDIA H200 (141 GiB, driver 570.86); CPU: Xeon (16 logical")
+    assert line.endswith("CUDA 12.8; device cuda:0")
