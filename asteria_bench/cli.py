@@ -262,6 +262,23 @@ def run(
             rich_help_panel=RUNTIME,
         ),
     ] = None,
+    batched: Annotated[
+        bool | None,
+        typer.Option(
+            "--batched/--no-batched",
+            help="step same-shape blocks as stacks: the same math, a fraction of the"
+            " operators (for GPUs, where launches dominate)",
+            rich_help_panel=RUNTIME,
+        ),
+    ] = None,
+    compile_: Annotated[
+        bool | None,
+        typer.Option(
+            "--compile/--no-compile",
+            help="run the batched hot path through torch.compile (with --batched)",
+            rich_help_panel=RUNTIME,
+        ),
+    ] = None,
     placement: Annotated[
         str | None,
         typer.Option(
@@ -404,6 +421,8 @@ def run(
         workers=workers,
         root_device=root_device,
         stagger=stagger,
+        batched=batched,
+        compile=compile_,
         placement=placement,
         device_budget=device_budget,
         host_budget=host_budget,

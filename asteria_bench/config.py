@@ -83,6 +83,8 @@ class RuntimeSection:
     inter_node_staleness: int | None = None  # τ of results crossing nodes; None: staleness's
     parallel: str = "ddp"  # under torchrun: ddp | fsdp2 (each rank updates its rows)
     owner_links: str | None = None  # a hardware profile pricing node-local owners; None: none
+    batched: bool = False  # same-shape blocks stepped as stacks (ExecutionConfig(batched=True))
+    compile: bool = False  # the batched hot path through torch.compile (needs batched)
 
 
 @dataclass
@@ -335,6 +337,12 @@ def validate(config: RunConfig) -> None:
             r.staleness,
         )
     need(r.workers >= 1, "--workers", "a positive integer", r.workers)
+    need(isinstance(r.batched, bool), "--batched", "true or false", r.batched)
+    need(isinstance(r.compile, bool), "--compile", "true or false", r.compile)
+    if r.batched:
+        second_order = ("soap", "shampoo", "kl-shampoo")
+        need(o.name in second_order, "--batched", "--optimizer " + ", ".join(second_order), o.name)
+    need(r.batched or not r.compile, "--compile", "--batched with it", r.compile)
     need(r.root_device in ("host", "device"), "--root-device", "host or device", r.root_device)
     try:
         from runtime.policies.placement import parse_placement

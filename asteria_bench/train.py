@@ -214,6 +214,8 @@ def execution_config(
 
     r = config.runtime
     staleness = parse_staleness(r.staleness)
+    if dist is not None and r.batched:  # a group job has no single owner; shards are per rank
+        raise UserError("--batched: not under torchrun yet (owners are chosen per block)")
     if dist is not None and r.parallel == "fsdp2":
         dist = None  # each rank updates its own rows: nothing for the ranks to agree on
     if dist is not None:
@@ -228,6 +230,8 @@ def execution_config(
         workers=r.workers,
         root_device=r.root_device,
         stagger=stagger,
+        batched=r.batched,
+        compile=r.compile,
         recorder=recorder,
         placement=parse_placement(r.placement, link=link_of(device)) if tiered else None,
         device_budget_bytes=None

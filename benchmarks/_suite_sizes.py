@@ -57,28 +57,34 @@ class GptRun:
     optimizer: str
     asynchronous: bool = False
     root_device: str = "host"  # where an asynchronous run's refreshes compute
+    batched: bool = False  # same-shape blocks stepped as stacks (run --batched)
 
     @property
     def mode(self) -> str:
         """Runs of one mode take about as long, whichever preconditioned optimizer."""
         if self.optimizer == "adamw":
             return "adamw"
-        return f"bounded-{self.root_device}" if self.asynchronous else "sync"
+        mode = f"bounded-{self.root_device}" if self.asynchronous else "sync"
+        return mode + ("-batched" if self.batched else "")
 
     @property
     def needs_cuda(self) -> bool:
         return self.asynchronous and self.root_device == "device"
 
     def name(self, size: GptSize) -> str:
+        batched = "-batched" if self.batched else ""
         if not self.asynchronous:
-            return f"gpt-{self.optimizer}" + ("" if self.optimizer == "adamw" else "-sync")
-        return f"gpt-{self.optimizer}-bounded{size.tau}-{self.root_device}"
+            sync = "" if self.optimizer == "adamw" else "-sync"
+            return f"gpt-{self.optimizer}{sync}{batched}"
+        return f"gpt-{self.optimizer}-bounded{size.tau}-{self.root_device}{batched}"
 
     def args(self, size: GptSize) -> list[str]:
         args = ["--optimizer", self.optimizer]
         if self.asynchronous:
             args += ["--staleness", f"bounded:{size.tau}", "--workers", str(size.workers)]
             args += ["--root-device", self.root_device]
+        if self.batched:
+            args.append("--batched")
         return args
 
 
@@ -87,6 +93,8 @@ GPT_RUNS = (
     GptRun("soap"),
     GptRun("soap", asynchronous=True, root_device="host"),
     GptRun("soap", asynchronous=True, root_device="device"),
+    # the fast path whole: stacked blocks (~0.1 of the operators) and device refreshes
+    GptRun("soap", asynchronous=True, root_device="device", batched=True),
     GptRun("kl-shampoo"),
     GptRun("kl-shampoo", asynchronous=True, root_device="host"),
     GptRun("kl-shampoo", asynchronous=True, root_device="device"),

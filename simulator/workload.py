@@ -10,6 +10,7 @@ step (AdamW fallback, bookkeeping) and of the loop.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -145,20 +146,22 @@ def workload_from_trace(trace: Trace) -> WorkloadModel:
     t0 = int(hp.get("start_preconditioning_step") or frequency)
     shapes = meta.model.get("blocks", {}) if isinstance(meta.model, dict) else {}
     blocks = []
-    block_spans = spans[spans["block"].notna()]
+    block_spans = spans[spans["block"].isin(shapes)]
+    batched = _BatchedShares(spans, steady, shapes)
     for block_id, shape in sorted(shapes.items(), key=lambda kv: _block_key(kv[0])):
         mine = block_spans[block_spans["block"] == block_id]
         hot = mine[mine["name"].isin(("factor_update", "precondition")) & mine["step"].isin(steady)]
         hot_per_step = hot.groupby("step")["duration"].sum()
+        rows, cols = int(shape[0]), int(shape[1])
         blocks.append(
             BlockCost(
                 id=block_id,
-                shape=(int(shape[0]), int(shape[1])),
-                hot_ns=_median(hot_per_step),
-                refresh_ns=_median(mine.loc[mine["name"] == "refresh", "duration"]),
-                snapshot_ns=_median(mine.loc[mine["name"] == "snapshot", "duration"]),
-                install_ns=_median(mine.loc[mine["name"] == "install", "duration"]),
-                slots=_slots_of(meta.optimizer, int(shape[0]), int(shape[1]), hp),
+                shape=(rows, cols),
+                hot_ns=_median(hot_per_step) + batched.hot_ns(rows, cols),
+                refresh_ns=batched.job_ns(mine, "refresh", rows, cols),
+                snapshot_ns=batched.job_ns(mine, "snapshot", rows, cols),
+                install_ns=batched.job_ns(mine, "install", rows, cols),
+                slots=_slots_of(meta.optimizer, rows, cols, hp),
             )
         )
     return WorkloadModel(
@@ -174,6 +177,56 @@ def workload_from_trace(trace: Trace) -> WorkloadModel:
         ),
         blocks=tuple(blocks),
     )
+
+
+GROUP_JOB = re.compile(r"^[mv]\d+:(\d+)x(\d+)x(\d+)$")
+"""A batched run's group job, ``m<group>:<rows>x<cols>x<blocks>``."""
+
+
+class _BatchedShares:
+    """A batched run's group spans, shared out to its blocks.
+
+    ``ExecutionConfig(batched=True)`` records one hot span per batch of groups
+    (no block) and one refresh job per group (named for its shape and block
+    count). The model is per block, so a step's batched hot time goes to the
+    blocks in proportion to their matmul work, rows x cols x (rows + cols)
+    (every hot matmul of SOAP, Shampoo and KL-Shampoo is a side times the
+    block), and a group job's time to its blocks evenly.
+    """
+
+    def __init__(self, spans: pd.DataFrame, steady: pd.Index, shapes: dict) -> None:
+        hot = spans[
+            spans["block"].isna()
+            & spans["name"].isin(("factor_update", "precondition"))
+            & spans["step"].isin(steady)
+        ]
+        self._hot_per_step = _median(hot.groupby("step")["duration"].sum()) if len(hot) else 0
+        self._work = sum(_matmul_work(int(r), int(c)) for r, c in shapes.values())
+        self._jobs: dict[tuple[str, int, int], list[float]] = {}
+        named = spans[spans["block"].notna() & ~spans["block"].isin(shapes)]
+        for name, block, duration in zip(
+            named["name"], named["block"], named["duration"], strict=True
+        ):
+            match = GROUP_JOB.match(str(block))
+            if match:
+                rows, cols, count = (int(x) for x in match.groups())
+                self._jobs.setdefault((name, rows, cols), []).append(duration / max(count, 1))
+
+    def hot_ns(self, rows: int, cols: int) -> int:
+        if not self._hot_per_step or not self._work:
+            return 0
+        return int(self._hot_per_step * _matmul_work(rows, cols) / self._work)
+
+    def job_ns(self, mine: pd.DataFrame, name: str, rows: int, cols: int) -> int:
+        """The block's own ``name`` spans' median, else its share of its group's jobs."""
+        own = mine.loc[mine["name"] == name, "duration"]
+        if len(own):
+            return _median(own)
+        return _median(np.asarray(self._jobs.get((name, rows, cols), []), dtype=np.float64))
+
+
+def _matmul_work(rows: int, cols: int) -> int:
+    return rows * cols * (rows + cols)
 
 
 def _transfers(spans: pd.DataFrame, steady: pd.Index) -> tuple[pd.Series, pd.Series]:

@@ -401,7 +401,7 @@ class BatchedStepper:
         pipeline = opt.pipeline
         installs = [pipeline.queue.install_step(b, t, opt.reference_tau) for b in ids]
         job = RefreshJob(
-            f"{bg.name}x{len(ids)}",
+            f"{bg.name}x{len(ids)}",  # m<i>:<rows>x<cols>x<blocks>: simulator.workload reads it
             t,
             opt._calls,
             self.rule.refresh,
