@@ -546,3 +546,30 @@ def test_flags_all_reduced_each_step_are_made_where_the_backend_wants_them(
     manager = CheckpointManager(tmp_path, rank=0, world_size=2)
     assert manager._all_ok(True) is True
     assert asked == ["nccl", "nccl"] and reduced == [torch.device("cpu")] * 2
+
+
+def test_each_rank_of_a_machine_gets_its_own_gpu_even_across_emulated_nodes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Four ranks on one 4-GPU machine emulating two nodes of two: rank 2 is the first of
+    its node, and still the third of its machine, so it takes cuda:2, not cuda:0."""
+    from runtime.distributed.context import DistContext, host_gpu
+    from runtime.plan.ownership import Topology
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    devices = [
+        DistContext(
+            rank=r,
+            world_size=4,
+            topology=Topology(4, 2),
+            backend="nccl",
+            timeout_s=1,
+            ranks_per_host=4,
+        ).device(torch.device("cuda"))
+        for r in range(4)
+    ]
+    assert devices == [torch.device("cuda", i) for i in range(4)]
+    assert DistContext(0, 1, Topology(1, 1), "gloo", 1).device(torch.device("cpu")).type == "cpu"
+    monkeypatch.setenv("LOCAL_RANK", "3")  # torchrun's word wins where it is set
+    assert host_gpu(0, 4) == 3

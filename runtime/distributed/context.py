@@ -68,9 +68,14 @@ class DistContext:
         return self.rank == 0
 
     def device(self, requested: torch.device) -> torch.device:
-        """This rank's device: its local GPU under NCCL, else the requested one."""
+        """This rank's device: its machine's GPU under NCCL, else the requested one.
+
+        Indexed by the rank on its machine, not in its (possibly emulated) node:
+        with ``--ranks-per-node`` below the machine's ranks, two ranks of one
+        machine are in different nodes and must still not share a GPU.
+        """
         if requested.type == "cuda":
-            return torch.device("cuda", self.local_rank % max(1, torch.cuda.device_count()))
+            return torch.device("cuda", host_gpu(self.rank, self.ranks_per_host))
         return requested
 
     # ------------------------------------------------------------- liveness
@@ -200,6 +205,12 @@ def env_world() -> tuple[int, int, int | None]:
     return rank, world, int(local) if local else None
 
 
+def host_gpu(rank: int, ranks_per_host: int) -> int:
+    """The GPU index of ``rank`` on its machine (torchrun's ``LOCAL_RANK`` where it is set)."""
+    local = int(os.environ.get("LOCAL_RANK", rank % max(1, ranks_per_host)))
+    return local % max(1, torch.cuda.device_count())
+
+
 def init_distributed(
     *, device_type: str, timeout_s: float = 60.0, ranks_per_node: int | None = None
 ) -> DistContext | None:
@@ -217,6 +228,8 @@ def init_distributed(
     topology = Topology(world, per_node)
     backend = "nccl" if device_type == "cuda" else "gloo"
     timeout = dt.timedelta(seconds=timeout_s)
+    if backend == "nccl":  # NCCL binds its communicators to the current device
+        torch.cuda.set_device(host_gpu(rank, local or world))
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, timeout=timeout)
     groups = _groups(topology, rank, backend, timeout)
