@@ -16,6 +16,7 @@ from pathlib import Path
 
 from asteria_bench.errors import UserError
 from traces.atomic import atomic_write_text, fsync_dir
+from traces.stream import discard_chunks
 
 MARKER = "INCOMPLETE"
 FINISHED_MARKER_FILE = "summary.md"
@@ -136,4 +137,5 @@ class RunDirectory:
         else:
             os.replace(self.staging, self.final)
         fsync_dir(self.final.parent)
+        discard_chunks(self.final)  # only now: until the rename a resume may need them
         return self.final

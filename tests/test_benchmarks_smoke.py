@@ -316,7 +316,7 @@ def test_bench_dist_quick_prints_balance_and_bytes_per_mode() -> None:
         ("2", "sharded"),
     }
     for row in runs:
-        assert float(row["median step ms"]) > 0 and float(row["mean step ms"]) > 0
+        assert float(row["median step ms"]) > 0
         if row["mode"] == "sharded":
             assert float(row["allgather kB/step"]) > 0 and float(row["publish kB/step"]) == 0
         if row["mode"] == "replicated":

@@ -19,7 +19,7 @@ from tests.samples import METADATA, TINY_RUN
 from traces.io import CHUNKS_DIRNAME, TRACE_DIRNAME, TraceError, read_trace
 from traces.recorder import Recorder
 from traces.schema import Category, CounterSample, RunMetadata
-from traces.stream import TraceStream
+from traces.stream import TraceStream, discard_chunks
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,12 +58,36 @@ def test_flushes_while_threads_record_lose_and_double_nothing(tmp_path: Path) ->
     partial = read_trace(tmp_path)  # chunks only, as a killed run leaves them
     assert len(partial.spans) == stream.flushed_spans
     stream.finish(recorder, metadata())
+    assert (tmp_path / TRACE_DIRNAME / CHUNKS_DIRNAME).is_dir()  # until the run is renamed
+    discard_chunks(tmp_path)
     trace = read_trace(tmp_path)
     assert not (tmp_path / TRACE_DIRNAME / CHUNKS_DIRNAME).exists()
     assert len(trace.spans) == per_thread * threads
     assert len(trace.counters) == per_thread * threads
     pairs = set(zip(trace.spans["detail"], trace.spans["step"], strict=True))
     assert len(pairs) == per_thread * threads  # each exactly once
+
+
+def test_a_run_killed_while_finishing_resumes_to_its_whole_trace(tmp_path: Path) -> None:
+    """Killed after consolidating, before its folder got its final name: the resumed
+    process has no step left, rewinds to the last checkpoint's chunk count and
+    consolidates again, and every span and counter is still there."""
+    recorder = Recorder()
+    stream = TraceStream(tmp_path, every_steps=2)
+    stream.begin(metadata())
+    for step in range(1, 7):
+        recorder.add_span("step", Category.COMPUTE, step, step + 1, step=step)
+        recorder.counter("loss", 1.0 / step, step=step)
+        stream.step_done(recorder, step)
+    at_checkpoint = stream.chunks_written
+    stream.finish(recorder, metadata())  # ... and the process dies here
+    resumed = TraceStream(tmp_path, every_steps=2)
+    resumed.rewind(at_checkpoint)
+    resumed.finish(Recorder(), metadata())
+    discard_chunks(tmp_path)
+    trace = read_trace(tmp_path)
+    assert list(trace.counters["step"]) == [1, 2, 3, 4, 5, 6]
+    assert list(trace.spans["step"]) == [1, 2, 3, 4, 5, 6]
 
 
 def test_a_trace_with_metadata_and_no_chunk_yet_reads_as_empty(tmp_path: Path) -> None:
@@ -136,3 +160,29 @@ def test_a_killed_run_keeps_every_flushed_step(tmp_path: Path) -> None:
     assert len(steps) >= 50 and steps == list(range(1, len(steps) + 1))
     losses = trace.counters[trace.counters["name"] == "loss"]
     assert len(losses) == len(steps)
+
+
+def test_a_run_killed_before_its_folder_is_renamed_resumes_with_every_loss(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """End to end: the trace was consolidated and the last checkpoint written, then the
+    process died before ``name.incomplete`` became ``name``; ``--resume`` has no step
+    left to take and must still leave the trace of every step."""
+    from cli_runner import run_cli
+
+    from asteria_bench.rundir import RunDirectory
+
+    def killed(self: RunDirectory) -> Path:
+        raise SystemExit(137)
+
+    args = ["run", *TINY_RUN, "--steps", "6", "--checkpoint-every", "3", "--eval-every", "100"]
+    with monkeypatch.context() as patch:
+        patch.setattr(RunDirectory, "finish", killed)
+        assert run_cli([*args, "--out", str(tmp_path / "run")]) == 137
+    staging = tmp_path / "run.incomplete"
+    assert (staging / "trace" / "spans.parquet").is_file()  # consolidated before the kill
+    assert run_cli(["run", "--resume", str(staging), "-q"]) == 0
+    trace = read_trace(tmp_path / "run")
+    losses = trace.counters[trace.counters["name"] == "loss"]
+    assert sorted(losses["step"]) == [1, 2, 3, 4, 5, 6]
+    assert not (tmp_path / "run" / TRACE_DIRNAME / CHUNKS_DIRNAME).exists()

@@ -86,13 +86,24 @@ class TraceStream:
         self.flushed_spans += len(spans)
 
     def finish(self, recorder: Recorder, metadata: RunMetadata) -> Path:
-        """One ``spans.parquet`` and ``counters.parquet`` from every chunk and the recorder's rest."""
+        """One ``spans.parquet`` and ``counters.parquet`` from every chunk and the recorder's rest.
+
+        The chunks stay until the run directory has its final name
+        (``discard_chunks``): a run killed between the two is resumed from
+        them, and a resumed run that has no step left to take consolidates
+        them again instead of an empty trace.
+        """
         self.flush(recorder)
         for name, schema, prefix in (
             (SPANS_FILENAME, SPANS_SCHEMA, "spans"),
             (COUNTERS_FILENAME, COUNTERS_SCHEMA, "counters"),
         ):
             concat_parquet(chunk_files(self.trace_dir, prefix), schema, self.trace_dir / name)
-        shutil.rmtree(self.chunks_dir, ignore_errors=True)
         atomic_write_text(self.trace_dir / "metadata.json", metadata_json(metadata))
         return self.trace_dir
+
+
+def discard_chunks(run_dir: Path) -> None:
+    """Remove every consolidated trace's chunks under a finished run (each rank's too)."""
+    for chunks in sorted(Path(run_dir).glob(f"**/{TRACE_DIRNAME}/{CHUNKS_DIRNAME}")):
+        shutil.rmtree(chunks, ignore_errors=True)
