@@ -27,6 +27,8 @@ SECTIONS = ("model", "data", "train", "optim", "runtime")
 OPTIMIZERS = ("adamw", "shampoo", "soap", "kl-shampoo", "muon")
 BASELINES = ("adamw", "muon")
 """torch's optimizers: no blocks, no refreshes, no tiers; the runtime's options do not apply."""
+SECOND_ORDER = ("soap", "shampoo", "kl-shampoo")
+"""The preconditioned optimizers: they have blocks, refreshes and staleness."""
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -340,8 +342,7 @@ def validate(config: RunConfig) -> None:
     need(isinstance(r.batched, bool), "--batched", "true or false", r.batched)
     need(isinstance(r.compile, bool), "--compile", "true or false", r.compile)
     if r.batched:
-        second_order = ("soap", "shampoo", "kl-shampoo")
-        need(o.name in second_order, "--batched", "--optimizer " + ", ".join(second_order), o.name)
+        need(o.name in SECOND_ORDER, "--batched", "--optimizer " + ", ".join(SECOND_ORDER), o.name)
     need(r.batched or not r.compile, "--compile", "--batched with it", r.compile)
     need(r.root_device in ("host", "device"), "--root-device", "host or device", r.root_device)
     try:

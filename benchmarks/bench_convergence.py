@@ -42,7 +42,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from asteria_bench.config import OPTIMIZERS, ModelSection, RunConfig, validate
+from asteria_bench.config import OPTIMIZERS, SECOND_ORDER, ModelSection, RunConfig, validate
 from asteria_bench.errors import UserError
 from asteria_bench.muon import muon_available
 from asteria_bench.train import StepMetrics, train
@@ -59,8 +59,6 @@ from benchmarks._common import (
 from runtime.policies.staleness import parse_staleness
 
 DEFAULT_OPTIMIZERS = ("adamw", "muon", "soap", "soap@bounded:4", "kl-shampoo")
-SECOND_ORDER = ("soap", "shampoo", "kl-shampoo")
-"""The optimizers that take a ``@STALENESS`` suffix (they have refreshes to defer)."""
 DEFAULT_LRS = (3e-3, 6e-3, 1e-2, 2e-2)
 QUICK_LRS = (3e-3, 1e-2)
 SOAP_GOAL = 0.8

@@ -22,8 +22,8 @@ Rows: ours per block and batched (``ExecutionConfig(batched=True)``), and where
 installed heavyball (eager) and pytorch_optimizer, on the default GPT and with
 ``--large`` on a 12-layer, 768-wide GPT. The goal is batched <= 1/5 of per
 block. ``--placement host`` (or ``lifecycle``, ``pressure``) counts ours with
-their state tiered, where a batch is one group and its slots are stacked and
-copied back every step. Run ``python benchmarks/bench_ops.py --help``; ``--quick`` is a tiny model.
+their state tiered: the store fetches and writes back each block's slots, and
+the batched path stacks them every step and copies back the ones it wrote. Run ``python benchmarks/bench_ops.py --help``; ``--quick`` is a tiny model.
 """
 
 from __future__ import annotations

@@ -253,20 +253,32 @@ def stage_pressure(ctx: Context) -> StageResult:
     return StageResult("pressure", Status.PASSED, detail=verdict, section=section)
 
 
+def run_bench_step(
+    ctx: Context, stage: str, options: tuple[str, ...]
+) -> tuple[str, str] | StageResult:
+    """``bench_step.py`` as a stage: (what it printed, the section: command and output),
+    or the failed stage."""
+    args = ["benchmarks/bench_step.py", *options]
+    result = ctx.suite.run(stage, args, ctx.timeout_s())
+    if not result.ok:
+        return StageResult(stage, Status.FAILED, detail=result.failure())
+    printed = result.output().splitlines()[1:]  # the command line
+    return result.output(), "\n".join([f"`python {' '.join(args)}`", "", *printed])
+
+
 def stage_step(ctx: Context) -> StageResult:
     """Optimizer step time on the GPU: ours per block, heavyball where installed."""
-    args = ["benchmarks/bench_step.py", *ctx.sizes.step]
-    result = ctx.suite.run("step", args, ctx.timeout_s())
-    if not result.ok:
-        return StageResult("step", Status.FAILED, detail=result.failure())
-    printed = result.output().splitlines()[1:]  # the command line
+    ran = run_bench_step(ctx, "step", ctx.sizes.step)
+    if isinstance(ran, StageResult):
+        return ran
+    output, section = ran
     heavyball = (
         "heavyball: installed, its rows are in the tables above."
         if importlib.util.find_spec("heavyball") is not None
         else "heavyball not installed: no heavyball rows."
     )
-    section = "\n".join([f"`python {' '.join(args)}`", "", *printed, "", f"- {heavyball}"])
-    rows = pipe_table(result.output(), "optimizer")
+    section += f"\n\n- {heavyball}"
+    rows = pipe_table(output, "optimizer")
     ratios = ", ".join(
         f"{r['optimizer']} {r['total ratio vs AdamW']}"
         for r in rows
@@ -278,13 +290,11 @@ def stage_step(ctx: Context) -> StageResult:
 
 def stage_compile(ctx: Context) -> StageResult:
     """The batched hot path compiled with ``torch.compile`` against eager, per block and batched."""
-    args = ["benchmarks/bench_step.py", *ctx.sizes.compile]
-    result = ctx.suite.run("compile", args, ctx.timeout_s())
-    if not result.ok:
-        return StageResult("compile", Status.FAILED, detail=result.failure())
-    printed = result.output().splitlines()[1:]  # the command line
-    section = "\n".join([f"`python {' '.join(args)}`", "", *printed])
-    _, _, batched_part = result.output().partition("Batched execution")
+    ran = run_bench_step(ctx, "compile", ctx.sizes.compile)
+    if isinstance(ran, StageResult):
+        return ran
+    output, section = ran
+    _, _, batched_part = output.partition("Batched execution")
     rows = pipe_table(batched_part, "optimizer")
     compiled = ", ".join(
         f"{r['optimizer']} {r['hot ratio batched/per-block']}"
